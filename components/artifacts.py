@@ -1,0 +1,87 @@
+"""Artifact directories: how a step writes one so that no half-written output looks valid, and the
+manifest that lets the next step, the cache and lineage trust it without re-reading the data.
+
+A step builds its output in a sibling `.partial-*` directory and renames it into place only when
+everything, the manifest last, is written. A directory without `_manifest.json` is not an artifact.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import DataError
+
+MANIFEST = "_manifest.json"
+SCHEMA_VERSION = 1
+
+
+def digest_tree(root: str | os.PathLike[str]) -> str:
+    """sha256 over every file's relative path and content, in a stable order."""
+    root = Path(root)
+    total = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST):
+        total.update(path.relative_to(root).as_posix().encode())
+        total.update(b"\0")
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                total.update(block)
+        total.update(b"\0")
+    return "sha256:" + total.hexdigest()
+
+
+def write_manifest(root: str | os.PathLike[str], kind: str, producer: str, **facts: Any) -> dict[str, Any]:
+    manifest = {
+        "kind": kind,
+        "producer": producer,
+        "digest": digest_tree(root),
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "schema_version": SCHEMA_VERSION,
+        **facts,
+    }
+    Path(root, MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_manifest(root: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """The manifest of a complete artifact of `kind`, or a DataError saying why `root` is not one."""
+    path = Path(root, MANIFEST)
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{root} is not a complete {kind} artifact (no {MANIFEST})") from None
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path} cannot be read: {error}") from None
+    if manifest.get("kind") != kind:
+        raise DataError(f"{root} holds a {manifest.get('kind')!r} artifact, expected {kind!r}")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise DataError(f"{root} was written with artifact schema {manifest.get('schema_version')}, "
+                        f"this tunepipe reads {SCHEMA_VERSION}")
+    return manifest
+
+
+@contextlib.contextmanager
+def building(final: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh directory beside `final`; on success it replaces `final`, on failure it is removed.
+
+    Writing aside in the same parent keeps the rename atomic on one filesystem.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    partial = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(partial, final)
