@@ -32,11 +32,72 @@ def main() -> None:
     """Tune, train, evaluate and push a Keras model for a table, locally or on Kubeflow."""
 
 
-def _register_kubeflow_commands() -> None:
-    from pipeline import cli_kubeflow
+def _config_options(function):
+    """The options that pick and override the pipeline config, shared by `run` and `compile`."""
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Pipeline YAML file."),
+        click.option("--data", help="Data source: a CSV or Parquet path, glob or URI (overrides data.source)."),
+        click.option("--label", help="Label column (overrides data.label)."),
+        click.option("--output-root", help="Where artifacts, caches and the tracking store go."),
+        click.option("--runner", help="Beam runner for the data steps, e.g. DirectRunner, DataflowRunner."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
 
-    for command in cli_kubeflow.COMMANDS:
-        main.add_command(command)
+
+def _load_config(config_file, data, label, output_root, runner):
+    from pipeline import config
+
+    overrides: dict = {}
+    if data:
+        overrides.setdefault("data", {})["source"] = data
+    if label:
+        overrides.setdefault("data", {})["label"] = label
+    if output_root:
+        overrides["output_root"] = output_root
+    if runner:
+        overrides["beam"] = {"runner": runner}
+    if config_file is None and not (data and label):
+        raise TunepipeError("give --config FILE, or --data PATH and --label COLUMN")
+    return config.load(config_file, overrides)
 
 
-_register_kubeflow_commands()
+@main.command()
+@_config_options
+@click.option("--no-cache", is_flag=True, help="Run every step even if kfp's cache holds its result.")
+def run(config_file, data, label, output_root, runner, no_cache):
+    """Run the pipeline on this machine (kfp.local, Beam DirectRunner)."""
+    from rich.console import Console
+
+    from components import ingest
+    from pipeline import local_run, version
+
+    console = Console(stderr=True, soft_wrap=True)
+    cfg = _load_config(config_file, data, label, output_root, runner)
+    # Check what is cheap to check before any step starts: the files exist and have the label.
+    files = ingest.match_source(cfg.data.source)
+    ingest.infer_schema(files, cfg.data)
+    console.print(f"tunepipe: pipeline [bold]{cfg.name}[/bold]: {len(files)} file(s) from {cfg.data.source}, "
+                  f"label {cfg.data.label!r}")
+    summary = local_run.run(cfg, ingest.fingerprint(files), version.code_version(), use_cache=not no_cache,
+                            console=console)
+    local_run.print_summary(summary, console)
+
+
+@main.command(name="compile")
+@_config_options
+@click.option("--image", default=None, help="Container image the steps run in.")
+@click.option("-o", "--output", "output", default="pipeline.yaml", show_default=True,
+              type=click.Path(dir_okay=False), help="Where to write the KFP pipeline YAML.")
+def compile_pipeline(config_file, data, label, output_root, runner, image, output):
+    """Compile the pipeline to a KFP v2 package (YAML) for Kubeflow Pipelines."""
+    from kfp import compiler
+
+    from pipeline import dag, version
+
+    cfg = _load_config(config_file, data, label, output_root, runner)
+    pipeline_function = dag.create_pipeline(cfg, image=image or dag.DEFAULT_IMAGE,
+                                             code_version=version.code_version())
+    compiler.Compiler().compile(pipeline_function, package_path=output)
+    click.echo(f"compiled pipeline {cfg.name!r} ({len(dag.STEPS)} steps) to {output}")

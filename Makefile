@@ -1,0 +1,24 @@
+# The two commands of the README's quick start, and what they stand on.
+# Everything installs from uv.lock (`uv sync --frozen`): the same versions on every machine.
+
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+CONFIG ?= data/penguins/pipeline.yaml
+
+.PHONY: install demo test lint bench clean
+
+install:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+		python3 -m pip install --quiet "uv==$(UV_VERSION)"
+	$(UV) sync --frozen
+
+## Install, then run the whole pipeline on the bundled penguins data.
+demo: install
+	$(UV) run tunepipe run --config $(CONFIG)
+
+## Install, then run the test suite (the end-to-end test included).
+test: install
+	$(UV) run pytest
+
+clean:
+	rm -rf tunepipe-out .pytest_cache

@@ -1,0 +1,4 @@
+"""`python -m pipeline` is the `tunepipe` command."""
+from pipeline.cli import main
+
+main(prog_name="tunepipe")

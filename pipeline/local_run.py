@@ -1,0 +1,193 @@
+"""`tunepipe run`: the pipeline from `pipeline.dag`, executed on this machine by kfp.local.
+
+kfp.local's SubprocessRunner (in this Python environment, `use_venv=False`) runs each task as a
+subprocess, with kfp.local's caching on unless `--no-cache`. The tasks' own output (Beam, MLflow,
+TensorFlow) goes to a log file; the terminal shows which step is running, whether it ran or came
+from the cache, and a summary per step at the end.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import dag, launcher, lineage
+from pipeline.config import PipelineConfig
+from pipeline.errors import TunepipeError
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"^Executing task '?([\w-]+)'?")
+_CACHED = re.compile(r"^Task '?([\w-]+)'? cache hit")
+_FINISHED = re.compile(r"^Task '?([\w-]+)'? finished with status (\w+)")
+
+
+@dataclass
+class StepStatus:
+    name: str
+    state: str = "pending"  # pending, running, ran, cached, failed
+    started: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    steps: dict[str, StepStatus]
+    outputs: dict[str, Any] = field(default_factory=dict)
+    log_file: Path | None = None
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    seconds: float = 0.0
+
+
+class _Progress(logging.Filter):
+    """Reads kfp.local's log records (task started, cache hit, finished) to follow the run."""
+
+    def __init__(self, steps: dict[str, StepStatus], console: Console):
+        super().__init__()
+        self._steps = steps
+        self._console = console
+
+    def _step(self, task: str) -> StepStatus | None:
+        # kfp.local names tasks after their component, e.g. 'ingest' or 'ingest-2'.
+        return self._steps.get(task) or self._steps.get(task.rsplit("-", 1)[0])
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = _ANSI.sub("", record.getMessage())
+        if match := _STARTED.match(message):
+            if step := self._step(match.group(1)):
+                step.state, step.started = "running", time.monotonic()
+                self._console.print(f"[bold]→ {step.name}[/bold] running…")
+        elif match := _CACHED.match(message):
+            if step := self._step(match.group(1)):
+                step.state = "cached"
+                self._console.print(f"[cyan]↺ {step.name}[/cyan] reused from cache")
+        elif match := _FINISHED.match(message):
+            if step := self._step(match.group(1)):
+                step.seconds = time.monotonic() - (step.started or time.monotonic())
+                step.state = "ran" if match.group(2) == "SUCCESS" else "failed"
+                mark = "[green]✓" if step.state == "ran" else "[red]✗"
+                self._console.print(f"{mark} {step.name}[/] {step.state} in {step.seconds:.1f} s")
+        return True
+
+
+def _error_from_steps(error_file: Path, log_file: Path) -> TunepipeError:
+    if error_file.exists():
+        lines = [json.loads(line) for line in error_file.read_text().splitlines() if line.strip()]
+        if lines:
+            return TunepipeError(f"step {lines[-1]['step']} failed: {lines[-1]['message']}")
+    return TunepipeError(f"the pipeline failed; the steps' output is in {log_file}")
+
+
+def run(config: PipelineConfig, data_fingerprint: str, code_version: str, use_cache: bool = True,
+        console: Console | None = None) -> RunSummary:
+    """Run the whole pipeline for `config` with kfp.local and return what happened."""
+    from kfp import local
+
+    console = console or Console(stderr=True)
+    output_root = Path(config.output_root).resolve()
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    log_dir = output_root / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"run-{stamp}.log"
+    error_file = log_dir / f"run-{stamp}.errors.jsonl"
+    steps = {name: StepStatus(name) for name in dag.STEPS}
+    summary = RunSummary(steps, log_file=log_file)
+
+    arguments = dag.pipeline_arguments(config, data_fingerprint, code_version)
+    pipeline_function = dag.create_pipeline(config, data_fingerprint=data_fingerprint, code_version=code_version)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_root / "pipelines"),
+               enable_caching=use_cache, cache_root=str(output_root / "cache"), raise_on_error=True)
+    # MLflow announces its database migrations on its own handler; the summary says where runs go.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    progress = _Progress(steps, console)
+    root_logger = logging.getLogger()
+    # kfp.local reports cache hits at INFO on the root logger outside its own logging context;
+    # for the run, the root logger writes to the log file only.
+    saved_level, saved_handlers = root_logger.level, root_logger.handlers[:]
+    root_logger.setLevel(logging.INFO)
+    started = time.monotonic()
+    params = {"source": config.data.source, "label": config.data.label, "data_fingerprint": data_fingerprint,
+              "code_version": code_version, "cache": use_cache}
+    with lineage.pipeline_run(config.name, str(output_root), config.tracking_uri, params,
+                              run_name=f"{config.name}-{stamp}") as parent:
+        summary.mlflow_run_id = parent.info.run_id
+        summary.tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
+        os.environ[launcher.ERROR_FILE_ENV] = str(error_file)
+        root_logger.addFilter(progress)
+        try:
+            with open(log_file, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+                    warnings.catch_warnings():
+                root_logger.handlers[:] = [logging.StreamHandler(log)]
+                # The project image's name has no 'python' in it; kfp.local warns about that.
+                warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+                task = pipeline_function(**arguments)
+        except RuntimeError as error:
+            if "finished with status FAILURE" not in _ANSI.sub("", str(error)):
+                raise
+            raise _error_from_steps(error_file, log_file) from None
+        finally:
+            root_logger.removeFilter(progress)
+            root_logger.setLevel(saved_level)
+            root_logger.handlers[:] = saved_handlers
+            os.environ.pop(launcher.ERROR_FILE_ENV, None)
+            summary.seconds = time.monotonic() - started
+        summary.outputs = dict(task.outputs)
+        _record_cached_steps(summary)
+    return summary
+
+
+_OUTPUT_OF_STEP = {"ingest": "examples", "preprocess": "transform"}
+
+
+def _record_cached_steps(summary: RunSummary) -> None:
+    for step in summary.steps.values():
+        if step.state != "cached":
+            continue
+        name = _OUTPUT_OF_STEP[step.name]
+        artifact = summary.outputs[name]
+        lineage.record_cached_step(step.name, {name: (artifact.uri, artifact.metadata.get("digest", ""))},
+                                   dict(artifact.metadata))
+
+
+def _count(value: Any) -> Any:
+    # KFP keeps artifact metadata as a protobuf Struct, where every number is a double.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _facts(step: str, metadata: dict[str, Any]) -> str:
+    metadata = {key: _count(value) for key, value in metadata.items()}
+    if step == "ingest":
+        splits = ", ".join(f"{key.removeprefix('rows_')} {value}" for key, value in metadata.items()
+                           if key.startswith("rows_") and key != "rows_read")
+        return f"{metadata.get('rows_read', 0)} rows read, {metadata.get('rejected', 0)} rejected; {splits}"
+    if step == "preprocess":
+        return f"{metadata.get('features', 0)} features, {metadata.get('classes', 0)} classes"
+    return ""
+
+
+def print_summary(summary: RunSummary, console: Console) -> None:
+    table = Table(title=f"tunepipe run: {summary.seconds:.1f} s", title_justify="left")
+    for column in ("step", "status", "time", "result"):
+        table.add_column(column)
+    for step in summary.steps.values():
+        artifact = summary.outputs.get(_OUTPUT_OF_STEP[step.name])
+        facts = _facts(step.name, dict(artifact.metadata)) if artifact is not None else ""
+        seconds = f"{step.seconds:.1f} s" if step.state == "ran" else "-"
+        table.add_row(step.name, step.state, seconds, facts)
+    console.print(table)
+    for name, artifact in summary.outputs.items():
+        console.print(f"{name:>10}: {artifact.path}")
+    console.print(f"{'lineage':>10}: MLflow run {summary.mlflow_run_id} in {summary.tracking_uri}")
+    console.print(f"{'log':>10}: {summary.log_file}")
+
