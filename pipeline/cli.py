@@ -66,7 +66,9 @@ def _load_config(config_file, data, label, output_root, runner):
 @main.command()
 @_config_options
 @click.option("--no-cache", is_flag=True, help="Run every step even if kfp's cache holds its result.")
-def run(config_file, data, label, output_root, runner, no_cache):
+@click.option("--force-push", is_flag=True, help="Push the model even if the evaluation does not bless it "
+                                                 "(recorded as forced).")
+def run(config_file, data, label, output_root, runner, no_cache, force_push):
     """Run the pipeline on this machine (kfp.local, Beam DirectRunner)."""
     from rich.console import Console
 
@@ -81,7 +83,7 @@ def run(config_file, data, label, output_root, runner, no_cache):
     console.print(f"tunepipe: pipeline [bold]{cfg.name}[/bold]: {len(files)} file(s) from {cfg.data.source}, "
                   f"label {cfg.data.label!r}")
     summary = local_run.run(cfg, ingest.fingerprint(files), version.code_version(), use_cache=not no_cache,
-                            console=console)
+                            force_push=force_push, console=console)
     local_run.print_summary(summary, console)
 
 
@@ -101,3 +103,13 @@ def compile_pipeline(config_file, data, label, output_root, runner, image, outpu
                                              code_version=version.code_version())
     compiler.Compiler().compile(pipeline_function, package_path=output)
     click.echo(f"compiled pipeline {cfg.name!r} ({len(dag.STEPS)} steps) to {output}")
+
+
+def _register_kubeflow_commands() -> None:
+    from pipeline import cli_kubeflow  # click and yaml only: kfp is imported inside the commands
+
+    for command in cli_kubeflow.COMMANDS:
+        main.add_command(command)
+
+
+_register_kubeflow_commands()
