@@ -4,6 +4,8 @@
 UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 CONFIG ?= data/penguins/pipeline.yaml
+# `uv run` must never re-resolve: what runs is what uv.lock pins.
+export UV_FROZEN := 1
 
 .PHONY: install demo test lint bench clean
 
