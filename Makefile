@@ -7,7 +7,7 @@ CONFIG ?= data/penguins/pipeline.yaml
 # `uv run` must never re-resolve: what runs is what uv.lock pins.
 export UV_FROZEN := 1
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test e2e clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -18,9 +18,13 @@ install:
 demo: install
 	$(UV) run tunepipe run --config $(CONFIG)
 
-## Install, then run the test suite (the end-to-end test included).
+## Install, then run the test suite: unit, component, compile and CLI tests.
 test: install
 	$(UV) run pytest
+
+## Install, then run whole pipelines end to end with kfp.local (several minutes).
+e2e: install
+	$(UV) run pytest -m e2e
 
 clean:
 	rm -rf tunepipe-out .pytest_cache

@@ -11,10 +11,14 @@ from pipeline.config import BeamConfig
 from pipeline.errors import DataError
 
 
+def pipeline_options(beam_config: BeamConfig) -> PipelineOptions:
+    return PipelineOptions(beam_config.pipeline_args())
+
+
 def run(beam_config: BeamConfig, build: Callable[[beam.Pipeline], None]) -> None:
     """Build the pipeline with `build` and run it to completion on the configured runner."""
     try:
-        with beam.Pipeline(options=PipelineOptions(beam_config.pipeline_args())) as root:
+        with beam.Pipeline(options=pipeline_options(beam_config)) as root:
             build(root)
     except Exception as error:
         ours = _our_error(error)

@@ -82,7 +82,7 @@ def run(config_file, data, label, output_root, runner, no_cache, force_push):
     ingest.infer_schema(files, cfg.data)
     console.print(f"tunepipe: pipeline [bold]{cfg.name}[/bold]: {len(files)} file(s) from {cfg.data.source}, "
                   f"label {cfg.data.label!r}")
-    summary = local_run.run(cfg, ingest.fingerprint(files), version.code_version(), use_cache=not no_cache,
+    summary = local_run.run(cfg, version.code_version(), use_cache=not no_cache,
                             force_push=force_push, console=console)
     local_run.print_summary(summary, console)
 

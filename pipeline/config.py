@@ -163,7 +163,8 @@ class HyperparameterSpec(_Section):
             if self.min is None or self.max is None:
                 raise ValueError(f"type {self.type} needs min and max")
             if self.min >= self.max:
-                raise ValueError(f"min ({self.min:g}) must be below max ({self.max:g}); use a fixed value for one value")
+                raise ValueError(f"min ({self.min:g}) must be below max ({self.max:g}); "
+                                 f"use a fixed value for a single value")
             if self.sampling == "log" and self.min <= 0:
                 raise ValueError("log sampling needs min > 0")
             if self.type == "int":
@@ -272,6 +273,9 @@ class TunerConfig(_Section):
     factor: int = Field(3, ge=2)
     hyperband_iterations: int = Field(1, ge=1)
     max_trials: int = Field(10, ge=1)
+    # Bayesian: random trials before the Gaussian process proposes; None is a third of max_trials (at
+    # least 3). Keras Tuner's own default, 3 per hyperparameter, would leave a small budget all random.
+    bayesian_initial_trials: int | None = Field(None, ge=1)
     seed: int = 42
     objective: Literal["val_accuracy", "val_loss", "accuracy", "loss"] = "val_accuracy"
     # None: maximize accuracies, minimize losses.
@@ -309,6 +313,121 @@ class TrainingConfig(_Section):
     seed: int = 42
 
 
+class EvaluationConfig(_Section):
+    """Model evaluation with TFMA and the thresholds that decide the blessing. Owned by the evaluate step.
+
+    Thresholds are keyed by metric: accuracy, loss, macro_auc (one-vs-rest AUC averaged over the
+    classes), example_count, and the per-class precision, recall, auc and calibration (a threshold on
+    those holds for every class). A value threshold bounds the candidate's metric (`lower`, `upper`);
+    a change threshold bounds candidate minus baseline (`absolute`) or that difference over the
+    baseline (`relative`), in the metric's `direction` (the usual one when left out):
+    {accuracy: {absolute: -0.01}} means "not worse than the baseline by more than 0.01". Without a
+    baseline (the first run) change thresholds are skipped. Left empty, each kind has a default,
+    documented in components/evaluate.py and reported in the blessing.
+    """
+
+    # Feature (or passthrough) columns to slice by, besides the overall slice.
+    slices: tuple[str, ...] = ()
+    # e.g. {accuracy: {lower: 0.9}}; see components/evaluate.py for the defaults applied when empty.
+    value_thresholds: dict[str, dict[str, float]] = {}
+    # e.g. {accuracy: {direction: higher_is_better, absolute: -0.01}}: not worse than the baseline by more.
+    change_thresholds: dict[str, dict[str, float | str]] = {}
+    # Thresholds hold on the overall slice; with this, on every slice of `slices` as well.
+    thresholds_on_slices: bool = False
+
+    @staticmethod
+    def metric_directions() -> dict[str, str | None]:
+        """The metrics thresholds can name, and which way is better (None: no natural direction)."""
+        return {"accuracy": "higher_is_better", "loss": "lower_is_better", "macro_auc": "higher_is_better",
+                "example_count": "higher_is_better", "precision": "higher_is_better", "recall": "higher_is_better",
+                "auc": "higher_is_better", "calibration": None}
+
+    @field_validator("slices")
+    @classmethod
+    def _distinct_slices(cls, slices: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(slices)) != len(slices):
+            raise ValueError("each column may be listed once")
+        return slices
+
+    @field_validator("value_thresholds")
+    @classmethod
+    def _value_thresholds(cls, thresholds: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        for metric, bounds in thresholds.items():
+            cls._known_metric(metric)
+            stray = sorted(set(bounds) - {"lower", "upper"})
+            if stray:
+                raise ValueError(f"{metric}: unknown key {', '.join(stray)} (allowed: lower, upper)")
+            if not bounds:
+                raise ValueError(f"{metric}: give lower, upper or both")
+            if "lower" in bounds and "upper" in bounds and bounds["lower"] > bounds["upper"]:
+                raise ValueError(f"{metric}: lower ({bounds['lower']:g}) is above upper ({bounds['upper']:g})")
+        return thresholds
+
+    @field_validator("change_thresholds")
+    @classmethod
+    def _change_thresholds(cls, thresholds: dict[str, dict[str, float | str]]) -> dict[str, dict[str, float | str]]:
+        directions = ("higher_is_better", "lower_is_better")
+        for metric, spec in thresholds.items():
+            cls._known_metric(metric)
+            stray = sorted(set(spec) - {"direction", "absolute", "relative"})
+            if stray:
+                raise ValueError(f"{metric}: unknown key {', '.join(stray)} (allowed: direction, absolute, relative)")
+            if "absolute" not in spec and "relative" not in spec:
+                raise ValueError(f"{metric}: give absolute, relative or both")
+            for key in ("absolute", "relative"):
+                if key in spec and (isinstance(spec[key], (str, bool)) or not -float("inf") < spec[key] < float("inf")):
+                    raise ValueError(f"{metric}: {key} must be a number (got {spec[key]!r})")
+            direction = spec.get("direction")
+            if direction is not None and direction not in directions:
+                raise ValueError(f"{metric}: direction must be one of {', '.join(directions)} (got {direction!r})")
+            if direction is None and cls.metric_directions()[metric] is None:
+                raise ValueError(f"{metric}: has no natural direction; set direction ({', '.join(directions)})")
+        return thresholds
+
+    @classmethod
+    def _known_metric(cls, metric: str) -> None:
+        if metric not in cls.metric_directions():
+            close = difflib.get_close_matches(metric, list(cls.metric_directions()), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown metric {metric!r} ({hint}allowed: {', '.join(cls.metric_directions())})")
+
+
+# The pipeline's steps, in the order they run; pipeline/dag.py wires them.
+STEPS = ("resolve-source", "ingest", "preprocess", "tune", "train", "resolve-baseline", "evaluate", "push")
+
+
+class StepResources(_Section):
+    """Kubernetes resource requests and limits of one step's pod (quantities as Kubernetes writes them)."""
+
+    cpu_request: str | None = Field(None, pattern=r"^\d+(\.\d+)?m?$")
+    cpu_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?m?$")
+    memory_request: str | None = Field(None, pattern=r"^\d+(\.\d+)?([KMGTPE]i?)?$")
+    memory_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?([KMGTPE]i?)?$")
+
+
+class KubeflowConfig(_Section):
+    """How the steps run on Kubeflow Pipelines (kfp.local ignores resources)."""
+
+    # By step name; the key `default` applies to every step that has no entry of its own.
+    resources: dict[str, StepResources] = {}
+    # Retries by step name, for steps that can fail for passing reasons (a storage hiccup, an evicted pod).
+    retries: dict[str, int] = {}
+    retry_backoff: str = Field("30s", pattern=r"^\d+s$")
+
+    @field_validator("resources", "retries")
+    @classmethod
+    def _known_steps(cls, value: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(value) - set(STEPS) - {"default"})
+        if unknown:
+            raise ValueError(f"unknown step {', '.join(unknown)} (steps: default, {', '.join(STEPS)})")
+        if any(isinstance(count, int) and count < 0 for count in value.values()):
+            raise ValueError("retries cannot be negative")
+        return value
+
+    def resources_of(self, step: str) -> StepResources | None:
+        return self.resources.get(step) or self.resources.get("default")
+
+
 class PipelineConfig(_Section):
     """The whole pipeline, as loaded from one YAML file."""
 
@@ -318,6 +437,8 @@ class PipelineConfig(_Section):
     beam: BeamConfig = BeamConfig()
     tuner: TunerConfig = TunerConfig()
     training: TrainingConfig = TrainingConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    kubeflow: KubeflowConfig = KubeflowConfig()
     output_root: str = "tunepipe-out"
     serving_dir: str | None = None
     model_name: str | None = None

@@ -14,14 +14,24 @@ result: the config section the step reads, the Beam options, a fingerprint of th
 (new files under the same path are a new input) and the code version.
 """
 
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Metrics, Output
+from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
+from pipeline import config as config_module
 from pipeline.config import PipelineConfig
 
 DEFAULT_IMAGE = "ghcr.io/tunepipe/tunepipe:0.1.0"
+
+
+def resolve_source(source: str) -> NamedTuple("SourceOutputs", [("source", str), ("fingerprint", str)]):
+    """List the files the source names, at run time, and fingerprint them (names, sizes, modification
+    times). Never cached: it is what lets the ingest step's cache see new data under the same path,
+    on a schedule too (kubeflow/pipelines#3432)."""
+    from pipeline import launcher
+    return launcher.resolve_source(source)
 
 
 def ingest(source: str, label: str, data: dict, beam: dict, data_fingerprint: str, code_version: str,
@@ -39,57 +49,158 @@ def preprocess(examples: Input[Dataset], options: dict, beam: dict, code_version
     launcher.preprocess(examples, options, beam, transform)
 
 
-STEPS = ("ingest", "preprocess")
+def tune(examples: Input[Dataset], transform: Input[Artifact], options: dict, work_root: str, code_version: str,
+         tuning: Output[Artifact]):
+    """Keras Tuner search over the transform's features; each trial is a nested MLflow run.
+    `work_root` holds Keras Tuner's state so a killed search resumes."""
+    from pipeline import launcher
+    launcher.tune(examples, transform, options, work_root, tuning)
+
+
+def train(examples: Input[Dataset], transform: Input[Artifact], tuning: Input[Artifact], options: dict,
+          tuner: dict, warm_start: str, code_version: str, model: Output[Model]):
+    """Train the best hyperparameters with early stopping and export the SavedModel for serving.
+    `tuner` carries the search space, whose defaults fill what the tuning result leaves out."""
+    from pipeline import launcher
+    launcher.train(examples, transform, tuning, options, tuner, warm_start, model)
+
+
+def resolve_baseline(serving_dir: str, model_name: str, baseline: Output[Model]):
+    """Find the model in production (registry alias, else newest served version); none on a first run."""
+    from pipeline import launcher
+    launcher.resolve_baseline(serving_dir, model_name, baseline)
+
+
+def evaluate(examples: Input[Dataset], model: Input[Model], baseline: Input[Model], options: dict, beam: dict,
+             force_push: bool, code_version: str, evaluation: Output[Artifact], metrics: Output[Metrics],
+             confusion_matrix: Output[ClassificationMetrics], report: Output[Markdown]) -> bool:
+    """TFMA over the held-out split, candidate against baseline. Returns whether to push: blessed, or
+    `force_push`. (One unnamed output: kfp.local 2.17.0 cannot resolve a named output in a dsl.If
+    condition; the blessing itself is in the evaluation artifact.)"""
+    from pipeline import launcher
+    return launcher.evaluate(examples, model, baseline, options, beam, force_push, evaluation, metrics,
+                             confusion_matrix, report)
+
+
+def push(model: Input[Model], evaluation: Input[Artifact], serving_dir: str, model_name: str, force_push: bool,
+         pushed: Output[Model]):
+    """Copy the model to <serving_dir>/<model_name>/<version>/ atomically and move the production alias."""
+    from pipeline import launcher
+    launcher.push(model, evaluation, serving_dir, model_name, force_push, pushed)
+
+
+STEPS = config_module.STEPS
+# Steps whose result depends on the world outside their inputs: never served from a cache.
+UNCACHED = ("resolve-source", "resolve-baseline", "push")
 
 
 class PipelineOutputs(NamedTuple):
     examples: Dataset
     transform: Artifact
+    tuning: Artifact
+    model: Model
+    evaluation: Artifact
 
 
 def _component(function, image: str):
     return dsl.component(function, base_image=image, install_kfp_package=False)
 
 
-def pipeline_arguments(config: PipelineConfig, data_fingerprint: str, code_version: str) -> dict[str, Any]:
+def pipeline_arguments(config: PipelineConfig, code_version: str, force_push: bool = False) -> dict[str, Any]:
     """The pipeline's parameters for a run of `config`."""
     # KFP parameters cannot hold null: unset optional keys are left out and take their defaults again.
-    data = config.data.model_dump(mode="json", exclude={"source", "label"}, exclude_none=True)
+    def section(model) -> dict:
+        return model.model_dump(mode="json", exclude_none=True)
+
     return {
         "source": config.data.source,
         "label": config.data.label,
-        "data": data,
-        "data_fingerprint": data_fingerprint,
-        "preprocess": config.preprocess.model_dump(mode="json", exclude_none=True),
-        "beam": config.beam.model_dump(mode="json", exclude_none=True),
+        "data": config.data.model_dump(mode="json", exclude={"source", "label"}, exclude_none=True),
+        "preprocess": section(config.preprocess),
+        "beam": section(config.beam),
+        "tuner": section(config.tuner),
+        "training": section(config.training),
+        "evaluation": section(config.evaluation),
+        "warm_start": "",
+        "work_root": _location(config.output_root, "work"),
+        "serving_dir": _location(config.resolved_serving_dir),
+        "model_name": config.resolved_model_name,
+        "force_push": force_push,
         "code_version": code_version,
     }
 
 
-def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, data_fingerprint: str = "",
-                    code_version: str = ""):
+def _location(path: str, *parts: str) -> str:
+    """A local path made absolute (the steps may run elsewhere than the CLI); a URI as it is."""
+    if "://" in path:
+        return "/".join([path.rstrip("/"), *parts])
+    return str(Path(path, *parts).resolve())
+
+
+def _configure(task, name: str, config: PipelineConfig) -> None:
+    """Display name, caching, Kubernetes resources, retries and tracking of one task."""
+    task.set_display_name(name)
+    if name in UNCACHED:
+        task.set_caching_options(enable_caching=False)
+    resources = config.kubeflow.resources_of(name)
+    if resources is not None:
+        for setting, value in resources.model_dump(exclude_none=True).items():
+            getattr(task, f"set_{setting}")(value)
+    retries = config.kubeflow.retries.get(name, config.kubeflow.retries.get("default", 0))
+    if retries:
+        task.set_retry(num_retries=retries, backoff_duration=config.kubeflow.retry_backoff)
+    if config.tracking_uri:
+        task.set_env_variable("MLFLOW_TRACKING_URI", config.tracking_uri)
+
+
+def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_version: str = ""):
     """The kfp pipeline for `config`; its parameters default to the config's values."""
-    ingest_op = _component(ingest, image)
-    preprocess_op = _component(preprocess, image)
-    defaults = pipeline_arguments(config, data_fingerprint, code_version)
+    ops = {name: _component(function, image)
+           for name, function in (("resolve-source", resolve_source), ("ingest", ingest), ("preprocess", preprocess), ("tune", tune), ("train", train),
+                                  ("resolve-baseline", resolve_baseline), ("evaluate", evaluate), ("push", push))}
+    defaults = pipeline_arguments(config, code_version)
 
     @dsl.pipeline(name=config.name, description=f"tunepipe: {config.data.label} from {config.data.source}")
     def tunepipe_pipeline(
         source: str = defaults["source"],
         label: str = defaults["label"],
         data: dict = defaults["data"],
-        data_fingerprint: str = defaults["data_fingerprint"],
         preprocess: dict = defaults["preprocess"],
         beam: dict = defaults["beam"],
+        tuner: dict = defaults["tuner"],
+        training: dict = defaults["training"],
+        evaluation: dict = defaults["evaluation"],
+        warm_start: str = defaults["warm_start"],
+        work_root: str = defaults["work_root"],
+        serving_dir: str = defaults["serving_dir"],
+        model_name: str = defaults["model_name"],
+        force_push: bool = defaults["force_push"],
         code_version: str = defaults["code_version"],
     ) -> PipelineOutputs:
-        ingest_task = ingest_op(source=source, label=label, data=data, beam=beam,
-                                data_fingerprint=data_fingerprint, code_version=code_version)
-        ingest_task.set_display_name("ingest")
-        preprocess_task = preprocess_op(examples=ingest_task.outputs["examples"], options=preprocess, beam=beam,
-                                        code_version=code_version)
-        preprocess_task.set_display_name("preprocess")
-        return PipelineOutputs(examples=ingest_task.outputs["examples"],
-                               transform=preprocess_task.outputs["transform"])
+        source_task = ops["resolve-source"](source=source)
+        ingest_task = ops["ingest"](source=source_task.outputs["source"], label=label, data=data, beam=beam,
+                                    data_fingerprint=source_task.outputs["fingerprint"], code_version=code_version)
+        examples = ingest_task.outputs["examples"]
+        preprocess_task = ops["preprocess"](examples=examples, options=preprocess, beam=beam,
+                                            code_version=code_version)
+        transform = preprocess_task.outputs["transform"]
+        tune_task = ops["tune"](examples=examples, transform=transform, options=tuner, work_root=work_root,
+                                code_version=code_version)
+        train_task = ops["train"](examples=examples, transform=transform, tuning=tune_task.outputs["tuning"],
+                                  options=training, tuner=tuner, warm_start=warm_start,
+                                  code_version=code_version)
+        baseline_task = ops["resolve-baseline"](serving_dir=serving_dir, model_name=model_name)
+        evaluate_task = ops["evaluate"](examples=examples, model=train_task.outputs["model"],
+                                        baseline=baseline_task.outputs["baseline"], options=evaluation, beam=beam,
+                                        force_push=force_push, code_version=code_version)
+        with dsl.If(evaluate_task.outputs["Output"] == True, name="blessed-or-forced"):  # noqa: E712 (kfp condition)
+            push_task = ops["push"](model=train_task.outputs["model"], evaluation=evaluate_task.outputs["evaluation"],
+                                    serving_dir=serving_dir, model_name=model_name, force_push=force_push)
+        for task, name in ((source_task, "resolve-source"), (ingest_task, "ingest"), (preprocess_task, "preprocess"), (tune_task, "tune"),
+                           (train_task, "train"), (baseline_task, "resolve-baseline"),
+                           (evaluate_task, "evaluate"), (push_task, "push")):
+            _configure(task, name, config)
+        return PipelineOutputs(examples=examples, transform=transform, tuning=tune_task.outputs["tuning"],
+                               model=train_task.outputs["model"], evaluation=evaluate_task.outputs["evaluation"])
 
     return tunepipe_pipeline

@@ -59,6 +59,23 @@ def _log_metrics(metrics: Any, values: dict[str, float]) -> None:
         json.dump(values, handle, indent=2)
 
 
+def resolve_source(source: str) -> Any:
+    """The resolve-source task: the source as it is now, and a fingerprint of its files."""
+    _quiet_libraries()
+    with user_errors("resolve-source"):
+        from collections import namedtuple
+
+        from components import ingest as ingest_step
+        from pipeline import lineage
+
+        with lineage.step_run("resolve-source", {"source": source}) as record:
+            files = ingest_step.match_source(source)
+            fingerprint = ingest_step.fingerprint(files)
+            print(f"resolve-source: {len(files)} file(s) match {source}")
+            record.tags({"tunepipe.fingerprint": fingerprint, "tunepipe.files": str(len(files))})
+        return namedtuple("SourceOutputs", ["source", "fingerprint"])(source, fingerprint)
+
+
 def ingest(source: str, label: str, data: dict[str, Any], beam: dict[str, Any], examples: Any, metrics: Any) -> None:
     """The ingest task: `components.ingest.run` into the `examples` artifact."""
     _quiet_libraries()
@@ -96,3 +113,140 @@ def preprocess(examples: Any, options: dict[str, Any], beam: dict[str, Any], tra
             transform.metadata.update({"digest": result.digest, **facts})
             record.output("transform", transform.uri, result.digest)
             record.metrics(facts)
+
+
+def _work_dir(root: str, step: str, *keys: Any) -> str:
+    """A working directory that outlives one attempt of a step (Keras Tuner's state), keyed by
+    everything that makes two attempts the same search."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return os.path.join(root, step, digest)
+
+
+def tune(examples: Any, transform: Any, options: dict[str, Any], work_root: str, tuning: Any) -> None:
+    """The tune task: Keras Tuner over the transform's features; every trial a nested MLflow run."""
+    _quiet_libraries()
+    with user_errors("tune"):
+        from components import tune as tune_step
+        from pipeline import config, lineage
+
+        tuner_config = config.section(config.TunerConfig, options, "tuner parameter")
+        inputs = {"examples": (examples.uri, _artifact_digest(examples.path)),
+                  "transform": (transform.uri, _artifact_digest(transform.path))}
+        work_dir = _work_dir(work_root, "tune", inputs, options)
+        with lineage.step_run("tune", {"tuner": options, "work_dir": work_dir}, inputs=inputs) as record:
+            result = tune_step.run(examples.path, transform.path, tuning.path, tuner_config, work_dir=work_dir)
+            facts = {"trials": len(result.trials), "best_score": result.best_score}
+            tuning.metadata.update({"digest": result.digest, "best_trial_id": result.best_trial_id or "",
+                                    "objective": result.objective,
+                                    **{key: value for key, value in facts.items() if value is not None}})
+            record.output("tuning", tuning.uri, result.digest)
+            record.metrics({key: value for key, value in facts.items() if value is not None})
+
+
+def train(examples: Any, transform: Any, tuning: Any, options: dict[str, Any], tuner: dict[str, Any],
+          warm_start: str, model: Any) -> None:
+    """The train task: the best hyperparameters, early stopping, the exported SavedModel."""
+    _quiet_libraries()
+    with user_errors("train"):
+        from components import train as train_step
+        from pipeline import config, lineage
+
+        training_config = config.section(config.TrainingConfig, options, "training parameter")
+        space = config.section(config.TunerConfig, tuner, "tuner parameter").search_space
+        inputs = {"examples": (examples.uri, _artifact_digest(examples.path)),
+                  "transform": (transform.uri, _artifact_digest(transform.path)),
+                  "tuning": (tuning.uri, _artifact_digest(tuning.path))}
+        with lineage.step_run("train", {"training": options, "warm_start": warm_start}, inputs=inputs) as record:
+            result = train_step.run(examples.path, transform.path, model.path, training_config,
+                                    hyperparameters=tuning.path, warm_start=warm_start or None, search_space=space)
+            facts = {f"eval_{key}": value for key, value in result.metrics.items()}
+            facts.update(epochs_trained=result.epochs_trained, best_epoch=result.best_epoch)
+            model.metadata.update({"digest": result.digest, "warm_started": result.warm_started,
+                                   "training_run_id": record.run_id or "", **facts})
+            record.output("model", model.uri, result.digest)
+            record.metrics(facts)
+
+
+def resolve_baseline(serving_dir: str, model_name: str, baseline: Any) -> None:
+    """The resolve-baseline task: which model is in production now (none on the first run)."""
+    _quiet_libraries()
+    with user_errors("resolve-baseline"):
+        from components import push as push_step
+        from pipeline import lineage
+
+        with lineage.step_run("resolve-baseline", {"serving_dir": serving_dir, "model_name": model_name}) as record:
+            found = push_step.resolve_baseline(serving_dir, model_name)
+            os.makedirs(baseline.path, exist_ok=True)
+            description = found.to_json() if found else {"path": None, "version": None, "source": None}
+            with open(os.path.join(baseline.path, "baseline.json"), "w", encoding="utf-8") as handle:
+                json.dump(description, handle, indent=2)
+            baseline.metadata.update({"found": found is not None,
+                                      **{key: value for key, value in description.items() if value is not None}})
+            if found:
+                record.tags({"tunepipe.baseline.path": found.path, "tunepipe.baseline.source": found.source})
+
+
+def push(model: Any, evaluation: Any, serving_dir: str, model_name: str, force_push: bool, pushed: Any) -> None:
+    """The push task: a blessed (or forced) model into the serving directory and the registry."""
+    _quiet_libraries()
+    with user_errors("push"):
+        from components import push as push_step
+        from pipeline import lineage
+
+        with open(os.path.join(evaluation.path, "blessing.json"), encoding="utf-8") as handle:
+            blessing = json.load(handle)
+        inputs = {"model": (model.uri, _artifact_digest(model.path))}
+        params = {"serving_dir": serving_dir, "model_name": model_name, "force_push": force_push}
+        with lineage.step_run("push", params, inputs=inputs) as record:
+            result = push_step.run(model.path, blessing, serving_dir, model_name, force=force_push,
+                                   training_run_id=model.metadata.get("training_run_id") or None)
+            os.makedirs(pushed.path, exist_ok=True)
+            push_step.write_result(result, os.path.join(pushed.path, "push.json"))
+            pushed.metadata.update({key: value for key, value in vars(result).items() if value is not None})
+            record.tags({"tunepipe.push.pushed": str(result.pushed).lower(), "tunepipe.push.reason": result.reason,
+                         "tunepipe.push.version": str(result.version or ""),
+                         "tunepipe.push.forced": str(result.forced).lower()})
+
+
+def evaluate(examples: Any, model: Any, baseline: Any, options: dict[str, Any], beam: dict[str, Any],
+             force_push: bool, evaluation: Any, metrics: Any, confusion_matrix: Any, report: Any) -> Any:
+    """The evaluate task: TFMA, the blessing, and what the KFP UI shows of them."""
+    _quiet_libraries()
+    with user_errors("evaluate"):
+        import shutil
+
+        from components import evaluate as evaluate_step
+        from components import push as push_step
+        from pipeline import config, lineage
+
+        evaluation_config = config.section(config.EvaluationConfig, options, "evaluation parameter")
+        beam_config = config.section(config.BeamConfig, beam, "beam parameter")
+        with open(os.path.join(baseline.path, "baseline.json"), encoding="utf-8") as handle:
+            baseline_path = json.load(handle)["path"]
+        inputs = {"examples": (examples.uri, _artifact_digest(examples.path)),
+                  "model": (model.uri, _artifact_digest(model.path))}
+        if baseline_path:
+            inputs["baseline"] = (baseline_path, push_step.served_digest(baseline_path) or "")
+        with lineage.step_run("evaluate", {"evaluation": options, "beam": beam}, inputs=inputs) as record:
+            result = evaluate_step.run(examples.path, model.path, evaluation.path, evaluation_config, beam_config,
+                                       baseline=baseline_path)
+            overall = {name: value for name, value in result.metrics.items() if isinstance(value, (int, float))}
+            _log_metrics(metrics, overall)
+            with open(os.path.join(evaluation.path, "confusion_matrix.json"), encoding="utf-8") as handle:
+                matrix = json.load(handle)
+            confusion_matrix.log_confusion_matrix(matrix["categories"], matrix["matrix"])
+            os.makedirs(os.path.dirname(report.path), exist_ok=True)
+            shutil.copyfile(os.path.join(evaluation.path, "report.md"), report.path)
+            lines = evaluate_step.summary_lines(result)
+            for line in lines:
+                print(f"evaluate: {line}")
+            blessing = {"blessed": result.blessed, "failures": result.failures}
+            evaluation.metadata.update({"digest": result.digest, "blessed": result.blessed, "summary": lines[0],
+                                        "reason": push_step.blessing_reason(blessing) if not result.blessed else "",
+                                        "baseline": baseline_path or ""})
+            record.output("evaluation", evaluation.uri, result.digest)
+            record.metrics({f"eval_{name}": value for name, value in overall.items()})
+            record.tags({"tunepipe.blessed": str(result.blessed).lower()})
+        return result.blessed or force_push

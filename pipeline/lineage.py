@@ -91,6 +91,15 @@ class StepRecorder:
         if self._mlflow:
             self._mlflow.log_metrics({key: float(value) for key, value in values.items()})
 
+    def tags(self, values: dict[str, str]) -> None:
+        if self._mlflow:
+            self._mlflow.set_tags(values)
+
+    @property
+    def run_id(self) -> str | None:
+        run = self._mlflow.active_run() if self._mlflow else None
+        return run.info.run_id if run else None
+
 
 def _log_inputs(mlflow: Any, inputs: dict[str, tuple[str, str]]) -> None:
     from mlflow.data.dataset_source_registry import resolve_dataset_source

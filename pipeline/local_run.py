@@ -89,8 +89,8 @@ def _error_from_steps(error_file: Path, log_file: Path) -> TunepipeError:
     return TunepipeError(f"the pipeline failed; the steps' output is in {log_file}")
 
 
-def run(config: PipelineConfig, data_fingerprint: str, code_version: str, use_cache: bool = True,
-        console: Console | None = None) -> RunSummary:
+def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
+        force_push: bool = False, console: Console | None = None) -> RunSummary:
     """Run the whole pipeline for `config` with kfp.local and return what happened."""
     from kfp import local
 
@@ -104,11 +104,14 @@ def run(config: PipelineConfig, data_fingerprint: str, code_version: str, use_ca
     steps = {name: StepStatus(name) for name in dag.STEPS}
     summary = RunSummary(steps, log_file=log_file)
 
-    arguments = dag.pipeline_arguments(config, data_fingerprint, code_version)
-    pipeline_function = dag.create_pipeline(config, data_fingerprint=data_fingerprint, code_version=code_version)
+    arguments = dag.pipeline_arguments(config, code_version, force_push=force_push)
+    pipeline_function = dag.create_pipeline(config, code_version=code_version)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_root / "pipelines"),
                enable_caching=use_cache, cache_root=str(output_root / "cache"), raise_on_error=True)
-    # MLflow announces its database migrations on its own handler; the summary says where runs go.
+    # MLflow announces its database migrations on its own handler, set up when it is imported; the
+    # summary says where runs go.
+    import mlflow  # noqa: F401
+
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     progress = _Progress(steps, console)
     root_logger = logging.getLogger()
@@ -117,8 +120,8 @@ def run(config: PipelineConfig, data_fingerprint: str, code_version: str, use_ca
     saved_level, saved_handlers = root_logger.level, root_logger.handlers[:]
     root_logger.setLevel(logging.INFO)
     started = time.monotonic()
-    params = {"source": config.data.source, "label": config.data.label, "data_fingerprint": data_fingerprint,
-              "code_version": code_version, "cache": use_cache}
+    params = {"source": config.data.source, "label": config.data.label,
+              "code_version": code_version, "cache": use_cache, "force_push": force_push}
     with lineage.pipeline_run(config.name, str(output_root), config.tracking_uri, params,
                               run_name=f"{config.name}-{stamp}") as parent:
         summary.mlflow_run_id = parent.info.run_id
@@ -147,17 +150,30 @@ def run(config: PipelineConfig, data_fingerprint: str, code_version: str, use_ca
     return summary
 
 
-_OUTPUT_OF_STEP = {"ingest": "examples", "preprocess": "transform"}
+# The pipeline output each step produces (resolve-baseline and push run every time and report
+# through lineage instead).
+_OUTPUT_OF_STEP = {"ingest": "examples", "preprocess": "transform", "tune": "tuning", "train": "model",
+                   "evaluate": "evaluation"}
 
 
 def _record_cached_steps(summary: RunSummary) -> None:
     for step in summary.steps.values():
-        if step.state != "cached":
+        if step.state != "cached" or step.name not in _OUTPUT_OF_STEP:
             continue
         name = _OUTPUT_OF_STEP[step.name]
         artifact = summary.outputs[name]
         lineage.record_cached_step(step.name, {name: (artifact.uri, artifact.metadata.get("digest", ""))},
                                    dict(artifact.metadata))
+
+
+def _push_outcome(summary: RunSummary) -> dict[str, str]:
+    """What the push step recorded under this pipeline run, if it ran."""
+    import mlflow
+
+    runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_run_id}' "
+                                            "and tags.`tunepipe.step` = 'push'", output_format="list",
+                              search_all_experiments=True)
+    return dict(runs[0].data.tags) if runs else {}
 
 
 def _count(value: Any) -> Any:
@@ -173,6 +189,16 @@ def _facts(step: str, metadata: dict[str, Any]) -> str:
         return f"{metadata.get('rows_read', 0)} rows read, {metadata.get('rejected', 0)} rejected; {splits}"
     if step == "preprocess":
         return f"{metadata.get('features', 0)} features, {metadata.get('classes', 0)} classes"
+    if step == "tune":
+        if not metadata.get("trials"):
+            return "tuning off: default hyperparameters"
+        return f"{metadata['trials']} trials, best {metadata.get('objective', '')} {metadata.get('best_score', 0):.4f}"
+    if step == "train":
+        warm = ", warm-started" if metadata.get("warm_started") else ""
+        return (f"eval accuracy {metadata.get('eval_accuracy', 0):.4f} after {metadata.get('epochs_trained', 0)} "
+                f"epochs{warm}")
+    if step == "evaluate":
+        return str(metadata.get("summary", ""))
     return ""
 
 
@@ -180,14 +206,24 @@ def print_summary(summary: RunSummary, console: Console) -> None:
     table = Table(title=f"tunepipe run: {summary.seconds:.1f} s", title_justify="left")
     for column in ("step", "status", "time", "result"):
         table.add_column(column)
+    push = _push_outcome(summary) if summary.mlflow_run_id else {}
     for step in summary.steps.values():
-        artifact = summary.outputs.get(_OUTPUT_OF_STEP[step.name])
+        artifact = summary.outputs.get(_OUTPUT_OF_STEP.get(step.name, ""))
         facts = _facts(step.name, dict(artifact.metadata)) if artifact is not None else ""
+        state = step.state
+        if step.name == "push":
+            if push.get("tunepipe.push.pushed") == "true":
+                facts = f"version {push['tunepipe.push.version']}: {push['tunepipe.push.reason']}"
+            elif push:
+                facts = push.get("tunepipe.push.reason", "")
+            else:
+                state = "skipped"
+                evaluation = summary.outputs.get("evaluation")
+                facts = "not blessed: " + str(evaluation.metadata.get("reason", "")) if evaluation else ""
         seconds = f"{step.seconds:.1f} s" if step.state == "ran" else "-"
-        table.add_row(step.name, step.state, seconds, facts)
+        table.add_row(step.name, state, seconds, facts)
     console.print(table)
     for name, artifact in summary.outputs.items():
         console.print(f"{name:>10}: {artifact.path}")
     console.print(f"{'lineage':>10}: MLflow run {summary.mlflow_run_id} in {summary.tracking_uri}")
     console.print(f"{'log':>10}: {summary.log_file}")
-

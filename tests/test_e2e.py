@@ -1,4 +1,6 @@
-"""`tunepipe run` end to end on the bundled penguins data, through kfp.local, twice and more."""
+"""`tunepipe run` end to end on the bundled penguins data through kfp.local: a first run that
+tunes, trains and pushes; a rerun served from the cache; a worse candidate that is not pushed (and
+then forced); new data that retrains and pushes version 2; and a step that fails on bad data."""
 from __future__ import annotations
 
 import os
@@ -9,27 +11,37 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
+from mlflow import MlflowClient
 
-from components import artifacts
-from tests.conftest import PENGUINS
+from components import artifacts, push
+from pipeline import dag
+from tests.conftest import PENGUINS, PENGUINS_CONFIG
 
 pytestmark = pytest.mark.e2e
 
 
 def tunepipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
     return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=900, env={**os.environ, "COLUMNS": "200"})
+                          timeout=1200, env={**env, "COLUMNS": "200"})
 
 
 def step_states(stderr: str) -> dict[str, str]:
     states = {}
     for line in stderr.splitlines():
-        for step in ("ingest", "preprocess"):
-            if f" {step} ran in" in line:
-                states[step] = "ran"
-            elif f" {step} reused from cache" in line:
+        for step in dag.STEPS:
+            if line.endswith(f" {step} reused from cache"):
                 states[step] = "cached"
+            elif f" {step} ran in " in line:
+                states[step] = "ran"
+            elif f" {step} failed in " in line:
+                states[step] = "failed"
     return states
+
+
+def table_row(stderr: str, step: str) -> str:
+    return next(line for line in stderr.splitlines() if line.startswith(f"│ {step} "))
 
 
 def output_path(stderr: str, name: str) -> Path:
@@ -37,58 +49,89 @@ def output_path(stderr: str, name: str) -> Path:
     return Path(line.split(":", 1)[1].strip())
 
 
-def test_run_twice_then_new_data_then_no_cache(tmp_path):
-    data = tmp_path / "penguins.csv"
-    shutil.copy(PENGUINS, data)
-    config = tmp_path / "pipeline.yaml"
-    config.write_text("name: penguins\ndata:\n  source: penguins.csv\n  label: species\n"
-                      "  features: {exclude: [year]}\n")
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
+def write_config(directory: Path, name: str, **changes) -> Path:
+    config = yaml.safe_load(PENGUINS_CONFIG.read_text())
+    for section, values in changes.items():
+        config[section] = {**config.get(section, {}), **values}
+    path = directory / name
+    path.write_text(yaml.safe_dump(config))
+    return path
 
+
+def step_runs(client: MlflowClient, parent_id: str) -> dict[str, mlflow.entities.Run]:
+    runs = client.search_runs([client.get_run(parent_id).info.experiment_id],
+                              f"tags.mlflow.parentRunId = '{parent_id}'")
+    return {run.data.tags["tunepipe.step"]: run for run in runs if "tunepipe.step" in run.data.tags}
+
+
+def parent_id(stderr: str) -> str:
+    return next(line for line in stderr.splitlines() if "lineage: MLflow run" in line).split("MLflow run ")[1].split()[0]
+
+
+def test_pipeline_tunes_pushes_caches_refuses_worse_and_pushes_better(tmp_path):
+    shutil.copy(PENGUINS, tmp_path / "penguins.csv")
+    config = write_config(tmp_path, "pipeline.yaml")
+    serving = tmp_path / "tunepipe-out" / "serving"
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'tunepipe-out' / 'mlflow.db'}")
+    client = MlflowClient()
+
+    # 1. The bundled configuration: every step runs, the model is good and becomes version 1.
     first = tunepipe("run", "--config", str(config), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert step_states(first.stderr) == {"ingest": "ran", "preprocess": "ran"}
-    assert "344 rows read, 0 rejected" in first.stderr
-    examples = output_path(first.stderr, "examples")
-    assert artifacts.read_manifest(examples, "examples")["counts"]["rows_read"] == 344
-    artifacts.read_manifest(output_path(first.stderr, "transform"), "transform")
+    assert step_states(first.stderr) == {step: "ran" for step in dag.STEPS}
+    runs = step_runs(client, parent_id(first.stderr))
+    assert set(runs) == set(dag.STEPS)
+    assert runs["train"].data.metrics["eval_accuracy"] >= 0.95
+    assert runs["evaluate"].data.metrics["eval_accuracy"] >= 0.95
+    assert runs["evaluate"].data.tags["tunepipe.blessed"] == "true"
+    trials = client.search_runs([runs["tune"].info.experiment_id],
+                                f"tags.mlflow.parentRunId = '{runs['tune'].info.run_id}'")
+    tuning = artifacts.read_manifest(output_path(first.stderr, "tuning"), "tuning")
+    assert len(trials) == runs["tune"].data.metrics["trials"] >= 2
+    assert tuning["digest"] == runs["tune"].data.tags["tunepipe.output.tuning.digest"]
+    assert push.serving_versions(serving, "penguins") == [1]
+    assert (serving / "penguins" / "1" / "saved_model.pb").is_file()
+    assert "version 1: blessed" in table_row(first.stderr, "push")
+    production = client.get_model_version_by_alias("penguins", "production")
+    assert production.source == str(serving / "penguins" / "1")
+    assert production.run_id == runs["train"].info.run_id
 
+    # 2. Nothing changed: the data and training steps come from kfp's cache; the model is already served.
     second = tunepipe("run", "--config", str(config), cwd=tmp_path)
     assert second.returncode == 0, second.stderr
-    assert step_states(second.stderr) == {"ingest": "cached", "preprocess": "cached"}
-    assert output_path(second.stderr, "examples") == examples
+    assert step_states(second.stderr) == {"resolve-source": "ran", "ingest": "cached", "preprocess": "cached",
+                                          "tune": "cached", "train": "cached", "resolve-baseline": "ran",
+                                          "evaluate": "ran", "push": "ran"}
+    assert "already served as version 1" in table_row(second.stderr, "push")
+    assert push.serving_versions(serving, "penguins") == [1]
 
-    # New rows under the same path are a new input: nothing stale comes from the cache.
-    with data.open("a") as handle:
-        handle.write("Gentoo,Biscoe,47.5,15.0,218,4950,female,2009\n")
-    third = tunepipe("run", "--config", str(config), cwd=tmp_path)
+    # 3. A worse candidate (one epoch) is not blessed against version 1: nothing pushed, alias untouched.
+    worse = write_config(tmp_path, "worse.yaml", training={"epochs": 1})
+    third = tunepipe("run", "--config", str(worse), cwd=tmp_path)
     assert third.returncode == 0, third.stderr
-    assert step_states(third.stderr) == {"ingest": "ran", "preprocess": "ran"}
-    assert "345 rows read" in third.stderr
+    assert step_states(third.stderr)["train"] == "ran" and "push" not in step_states(third.stderr)
+    push_row = table_row(third.stderr, "push")
+    assert "skipped" in push_row and "not blessed: accuracy" in push_row
+    assert push.serving_versions(serving, "penguins") == [1]
+    assert client.get_model_version_by_alias("penguins", "production").version == production.version
 
-    forced = tunepipe("run", "--config", str(config), "--no-cache", cwd=tmp_path)
+    # ... unless forced, which is recorded as such.
+    forced = tunepipe("run", "--config", str(worse), "--force-push", cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
-    assert step_states(forced.stderr) == {"ingest": "ran", "preprocess": "ran"}
+    assert "version 2: forced" in table_row(forced.stderr, "push")
+    assert client.get_model_version_by_alias("penguins", "production").tags["forced"] == "true"
 
-    # Lineage: one MLflow run per pipeline run, a nested run per step with its artifacts.
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'tunepipe-out' / 'mlflow.db'}")
-    runs = mlflow.search_runs(experiment_names=["penguins"], output_format="list", order_by=["start_time ASC"])
-    parents = [run for run in runs if run.data.tags.get("tunepipe.kind") == "pipeline"]
-    assert len(parents) == 4
-    children = {parent.info.run_id: sorted((run.data.tags["tunepipe.step"], run.data.tags["tunepipe.cached"])
-                                           for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id)
-                for parent in parents}
-    assert children[parents[0].info.run_id] == [("ingest", "false"), ("preprocess", "false")]
-    assert children[parents[1].info.run_id] == [("ingest", "true"), ("preprocess", "true")]
-    ingest_run = next(run for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
-                      and run.data.tags["tunepipe.step"] == "ingest")
-    assert ingest_run.data.metrics["rows_read"] == 344
-    assert ingest_run.data.tags["tunepipe.output.examples.digest"] == artifacts.read_manifest(
-        examples, "examples")["digest"]
-    preprocess_run = next(run for run in runs if run.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
-                          and run.data.tags["tunepipe.step"] == "preprocess")
-    assert preprocess_run.data.tags["tunepipe.input.examples.uri"] == str(examples)
-    assert [dataset.dataset.name for dataset in preprocess_run.inputs.dataset_inputs] == ["examples"]
+    # 4. New rows under the same path: ingest is not served from the cache; the retrained model is at
+    #    least as good as the forced one in production and becomes version 3.
+    with (tmp_path / "penguins.csv").open("a") as handle:
+        handle.write("Gentoo,Biscoe,47.5,15.0,218,4950,female,2009\nAdelie,Dream,38.1,18.6,190,3700,male,2009\n")
+    fourth = tunepipe("run", "--config", str(config), cwd=tmp_path)
+    assert fourth.returncode == 0, fourth.stderr
+    assert step_states(fourth.stderr)["ingest"] == "ran"
+    assert "346 rows read" in table_row(fourth.stderr, "ingest")
+    assert "version 3: blessed" in table_row(fourth.stderr, "push")
+    assert push.serving_versions(serving, "penguins") == [1, 2, 3]
+    assert client.get_model_version_by_alias("penguins", "production").tags["serving_version"] == "3"
 
 
 def test_a_step_that_fails_on_the_data_says_why_in_one_line(tmp_path):

@@ -1,4 +1,5 @@
 """The compiled pipeline is the DAG that `tunepipe run` executes."""
+import pytest
 import yaml
 from click.testing import CliRunner
 from google.protobuf import json_format
@@ -18,15 +19,53 @@ def compiled_spec(tmp_path, *extra):
     return spec
 
 
+def all_tasks(spec) -> dict:
+    """Every task of the pipeline, the ones inside condition sub-DAGs included, by task name."""
+    return {name: task for name, (task, _) in tasks_with_upstream(spec).items()}
+
+
+def tasks_with_upstream(spec) -> dict:
+    """Each task with the tasks it waits for: its own dependencies and those of the sub-DAG
+    (e.g. a dsl.If) it sits in."""
+    found = {}
+    dags = [(spec.root.dag, set())]
+    while dags:
+        graph, inherited = dags.pop()
+        for name, task in graph.tasks.items():
+            upstream = inherited | set(task.dependent_tasks)
+            component = spec.components[task.component_ref.name]
+            if component.WhichOneof("implementation") == "dag":
+                dags.append((component.dag, upstream))
+            else:
+                found[name] = (task, upstream)
+    return found
+
+
 def test_compiled_tasks_and_edges_are_the_local_dag(tmp_path):
     spec = compiled_spec(tmp_path)
-    tasks = spec.root.dag.tasks
+    tasks = tasks_with_upstream(spec)
     assert set(tasks) == set(dag.STEPS)
-    edges = {(upstream, name) for name, task in tasks.items() for upstream in task.dependent_tasks}
-    assert edges == {("ingest", "preprocess")}
-    examples = tasks["preprocess"].inputs.artifacts["examples"].task_output_artifact
+    edges = {(upstream, name) for name, (_, upstreams) in tasks.items() for upstream in upstreams}
+    assert edges == {("resolve-source", "ingest"), ("ingest", "preprocess"), ("ingest", "tune"),
+                     ("preprocess", "tune"), ("ingest", "train"), ("preprocess", "train"), ("tune", "train"),
+                     ("ingest", "evaluate"), ("train", "evaluate"), ("resolve-baseline", "evaluate"),
+                     ("train", "push"), ("evaluate", "push")}
+    examples = tasks["preprocess"][0].inputs.artifacts["examples"].task_output_artifact
     assert (examples.producer_task, examples.output_artifact_key) == ("ingest", "examples")
     assert spec.pipeline_info.name == "penguins"
+
+
+def test_push_runs_only_when_evaluate_says_so(tmp_path):
+    spec = compiled_spec(tmp_path)
+    condition = next(task for task in spec.root.dag.tasks.values() if "push" in
+                     spec.components[task.component_ref.name].dag.tasks)
+    assert "pipelinechannel--evaluate-Output" in condition.trigger_policy.condition
+    assert "== true" in condition.trigger_policy.condition
+
+
+def test_steps_that_read_the_outside_world_are_never_cached(tmp_path):
+    tasks = all_tasks(compiled_spec(tmp_path))
+    assert {name for name, task in tasks.items() if not task.caching_options.enable_cache} == set(dag.UNCACHED)
 
 
 def test_components_run_the_given_image_and_install_nothing(tmp_path):
@@ -48,3 +87,45 @@ def test_parameters_default_to_the_config(tmp_path):
     assert data["features"]["exclude"] == ["year"]
     assert json_format.MessageToDict(parameters["beam"].default_value)["runner"] == "DirectRunner"
     assert parameters["code_version"].default_value.string_value.startswith("0.1.0+")
+    assert parameters["model_name"].default_value.string_value == "penguins"
+    assert parameters["force_push"].default_value.bool_value is False
+    assert json_format.MessageToDict(parameters["tuner"].default_value)["algorithm"] == "hyperband"
+
+
+def test_resources_retries_and_tracking_come_from_the_config(tmp_path):
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(PENGUINS_CONFIG.read_text() + """
+tracking_uri: http://mlflow.kubeflow.svc.cluster.local:5000
+kubeflow:
+  resources:
+    default: {cpu_request: "500m", memory_request: 1Gi}
+    tune: {cpu_request: "4", cpu_limit: "8", memory_request: 8Gi, memory_limit: 16Gi}
+  retries: {resolve-source: 3, push: 2}
+""".replace("source: penguins.csv", f"source: {PENGUINS_CONFIG.parent / 'penguins.csv'}"))
+    out = tmp_path / "pipeline-out.yaml"
+    result = CliRunner().invoke(main, ["compile", "--config", str(config_file), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    spec = pipeline_spec_pb2.PipelineSpec()
+    json_format.ParseDict(yaml.safe_load(out.read_text()), spec)
+    tasks = all_tasks(spec)
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+
+    def container(step):
+        return executors[spec.components[tasks[step].component_ref.name].executor_label]["container"]
+
+    assert container("tune")["resources"]["resourceCpuRequest"] == "4"
+    assert container("tune")["resources"]["resourceMemoryLimit"] == "16Gi"
+    assert container("ingest")["resources"]["resourceCpuRequest"] == "500m"
+    assert tasks["resolve-source"].retry_policy.max_retry_count == 3
+    assert tasks["push"].retry_policy.max_retry_count == 2
+    assert tasks["train"].retry_policy.max_retry_count == 0
+    assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow.kubeflow.svc.cluster.local:5000"} in \
+        container("evaluate")["env"]
+
+
+def test_unknown_step_in_the_kubeflow_section_is_refused(tmp_path):
+    from pipeline import config
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"kubeflow\.retries: unknown step tuning \(steps: default, resolve-source"):
+        config.from_dict({"data": {"source": "a.csv", "label": "y"}, "kubeflow": {"retries": {"tuning": 2}}})
