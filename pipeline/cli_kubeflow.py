@@ -5,6 +5,9 @@ NAME=VALUE, the cron expression is valid, the options fit together), then calls
 `pipeline.kfp_client`. That module imports kfp, so it is imported inside the command bodies:
 `tunepipe --help` stays fast. Every failure a user can cause is a `TunepipeError`, which the
 `tunepipe` group prints as one line.
+
+`schedule --local` is the same schedule without a cluster: `pipeline.scheduler` runs the retraining
+command on this machine on each cron tick, in the foreground.
 """
 from __future__ import annotations
 
@@ -151,16 +154,34 @@ def submit(host, namespace, token_env, name, version, experiment, params, run_na
               help="Whether to start the runs missed while the schedule was paused or behind.")
 @click.option("--list", "list_them", is_flag=True, help="List the recurring runs instead.")
 @click.option("--delete", "delete_job", metavar="JOB", help="Delete the recurring run named JOB instead.")
+@click.option("--local", is_flag=True, help="Run the schedule on this machine instead, in the foreground: "
+              "`tunepipe run --config FILE` on each tick, never two at once.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="With --local: the pipeline to retrain [default: ./pipeline.yaml].")
+@click.option("--max-runs", type=click.IntRange(min=1), metavar="N",
+              help="With --local: stop after N runs [default: run until interrupted].")
+@click.option("--command", "command_template", metavar="CMD",
+              help="With --local: the command each tick runs; {config} is the config file "
+                   "[default: 'tunepipe run --config {config}'].")
 @click.pass_context
 def schedule(ctx, host, namespace, token_env, name, cron, job_name, experiment, params, max_concurrency, catchup,
-             list_them, delete_job):
-    """Schedule a pipeline to run on a cron on Kubeflow Pipelines (a KFP recurring run).
+             list_them, delete_job, local, config_file, max_runs, command_template):
+    """Schedule a pipeline to run on a cron on Kubeflow Pipelines (a KFP recurring run), or with
+    --local on this machine.
 
     \b
     tunepipe schedule --host URL --name PIPELINE --cron "0 3 * * *"
     tunepipe schedule --host URL --list
     tunepipe schedule --host URL --delete JOB
+    tunepipe schedule --local --cron "0 3 * * *" --config pipeline.yaml [--max-runs N]
     """
+    if local:
+        _schedule_locally(name, cron, list_them, delete_job, config_file, max_runs, command_template)
+        return
+    local_only = [flag for flag, given in (("--config", config_file), ("--max-runs", max_runs),
+                                           ("--command", command_template)) if given is not None]
+    if local_only:
+        raise TunepipeError(f"{', '.join(local_only)}: only with --local (a schedule on this machine)")
     action = _schedule_action(name, cron, list_them, delete_job)
     if action == "list":
         experiment_given = ctx.get_parameter_source("experiment") is not click.core.ParameterSource.DEFAULT
@@ -202,6 +223,32 @@ def _schedule_on_kubeflow(host: str | None, namespace: str | None, token_env: st
                f"newest version (id {scheduled.version_id}) at cron {scheduled.cron!r} (KFP, seconds first), "
                f"max concurrency {scheduled.max_concurrency}, {'catch-up' if scheduled.catchup else 'no catch-up'}")
     click.echo(f"UI: {scheduled.ui_url}")
+
+
+def _schedule_locally(name: str | None, cron: str | None, list_them: bool, delete_job: str | None,
+                      config_file: str | None, max_runs: int | None, command_template: str | None) -> None:
+    """`--local`: the foreground scheduler of `pipeline.scheduler`, after checking everything it needs."""
+    from pipeline import config, scheduler
+
+    kubeflow_only = [flag for flag, given in (("--name", name), ("--list", list_them), ("--delete", delete_job))
+                     if given]
+    if kubeflow_only:
+        raise TunepipeError(f"--local takes no {', '.join(kubeflow_only)}: those name recurring runs on Kubeflow")
+    if not cron:
+        raise TunepipeError('give --cron EXPR with --local, e.g. --cron "0 3 * * *" (03:00 daily)')
+    cron_schedule = scheduler.CronSchedule(cron)  # a typo in the cron fails here, before anything runs
+    if config_file is None:
+        if not Path("pipeline.yaml").is_file():
+            raise TunepipeError("give --config FILE with --local: the pipeline to retrain (no pipeline.yaml here)")
+        config_file = "pipeline.yaml"
+    cfg = config.load(config_file)
+    command = scheduler.command_for(Path(config_file).resolve(), command_template or scheduler.DEFAULT_COMMAND)
+    outcomes = scheduler.Scheduler(cron_schedule, command, cfg.output_root, max_runs=max_runs,
+                                   echo=click.echo).run()
+    failed = [outcome for outcome in outcomes if not outcome.succeeded]
+    if failed:
+        raise TunepipeError(f"{len(failed)} of {len(outcomes)} scheduled run(s) failed; "
+                            f"see {Path(cfg.output_root).resolve() / scheduler.LOG_FILE}")
 
 
 def _list_kubeflow_schedules(host: str | None, namespace: str | None, token_env: str | None,
