@@ -105,11 +105,12 @@ def compile_pipeline(config_file, data, label, output_root, runner, image, outpu
     click.echo(f"compiled pipeline {cfg.name!r} ({len(dag.STEPS)} steps) to {output}")
 
 
-def _register_kubeflow_commands() -> None:
-    from pipeline import cli_kubeflow  # click and yaml only: kfp is imported inside the commands
+def _register_commands() -> None:
+    # click and yaml only: kfp and MLflow are imported inside the commands.
+    from pipeline import cli_kubeflow, cli_lineage
 
-    for command in cli_kubeflow.COMMANDS:
+    for command in [*cli_kubeflow.COMMANDS, *cli_lineage.COMMANDS]:
         main.add_command(command)
 
 
-_register_kubeflow_commands()
+_register_commands()

@@ -1,0 +1,166 @@
+"""The lineage commands of `tunepipe`: `runs`, `trials` and `lineage`, read from the MLflow tracking store.
+
+They only read (see `pipeline.queries`), through MLflow's client, so they work against the embedded
+SQLite store and a tracking server alike. Where the store is: `--tracking-uri`, else (with
+`--config`) where `tunepipe run` puts it for that config ($MLFLOW_TRACKING_URI, the config's
+`tracking_uri`, `<output_root>/mlflow.db`), else $MLFLOW_TRACKING_URI, else `tunepipe-out/mlflow.db`
+here. MLflow is imported inside the command bodies, so `tunepipe --help` stays fast. Every failure
+a user can cause (an unknown run or model version, no store, an unreachable server) is one
+`TunepipeError` line.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+import click
+
+from pipeline.errors import TunepipeError
+
+# A query that cannot reach the tracking server should say so in seconds, not after MLflow's
+# default of 7 retries with exponential backoff (minutes).
+_HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
+
+
+def _store_options(function):
+    options = [
+        click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                     help="Pipeline YAML file: its tracking store (and, for `runs`, its experiment)."),
+        click.option("--tracking-uri", metavar="URI",
+                     help="MLflow tracking URI, e.g. http://mlflow:5000 or sqlite:///tunepipe-out/mlflow.db "
+                          "[default: $MLFLOW_TRACKING_URI, else the config's store, else ./tunepipe-out/mlflow.db]."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def _where(config_file: str | None, tracking_uri: str | None) -> tuple[str, str | None]:
+    """The tracking URI to read, and the experiment the config names (if a config is given)."""
+    from pipeline import config, lineage
+
+    if config_file:
+        cfg = config.load(config_file)
+        return tracking_uri or lineage.tracking_uri(cfg.output_root, cfg.tracking_uri), cfg.name
+    if tracking_uri:
+        return tracking_uri, None
+    return lineage.tracking_uri("tunepipe-out"), None
+
+
+@contextlib.contextmanager
+def _store(config_file: str | None, tracking_uri: str | None) -> Iterator[tuple[object, str | None]]:
+    uri, experiment = _where(config_file, tracking_uri)
+    saved = {key: os.environ.get(key) for key in _HTTP_SETTINGS}
+    for key, value in _HTTP_SETTINGS.items():
+        os.environ.setdefault(key, value)
+    try:
+        from pipeline import queries
+
+        yield queries.Store(uri), experiment
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _console(file=None):
+    from rich.console import Console
+
+    width = int(os.environ.get("COLUMNS", "0") or 0) or None
+    stream = file or sys.stdout
+    if width is None and not stream.isatty():
+        width = 200  # piped or redirected: keep rows on one line rather than fold them at 80 columns
+    return Console(file=file, width=width, soft_wrap=False, highlight=False)
+
+
+@click.command()
+@_store_options
+@click.option("--experiment", metavar="NAME", help="Experiment (= pipeline name) to list [default: the config's "
+                                                   "name; without --config, every experiment].")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs, newest first.")
+def runs(config_file, tracking_uri, experiment, limit):
+    """List pipeline runs: when, status, spans, best trial, accuracy, blessed, pushed version, cached steps."""
+    from pipeline import queries
+
+    with _store(config_file, tracking_uri) as (store, configured):
+        experiment = experiment or configured
+        rows = queries.pipeline_runs(experiment, limit=limit, store=store)
+        where = f"experiment {experiment!r}" if experiment else "any experiment"
+        if not rows:
+            click.echo(f"no pipeline runs in {where} at {store.uri}")
+            return
+        title = f"pipeline runs in {where} ({store.uri}), newest first"
+        _console().print(queries.runs_table(rows, title=title))
+
+
+@click.command()
+@_store_options
+@click.argument("run")
+def trials(config_file, tracking_uri, run):
+    """List the tuner trials of RUN (a pipeline run id or name, or a tune step run id), best first.
+
+    When the run's tune step came from kfp's cache, these are the trials of the run that produced
+    the reused tuning result.
+    """
+    from pipeline import queries
+
+    with _store(config_file, tracking_uri) as (store, _):
+        search = queries.trials(run, store=store)
+        if not search.rows:
+            tune = store.run(search.tune_run_id)
+            why = ("tuning was off: the default hyperparameters were used" if tune.data.metrics.get("trials") == 0
+                   else "no trial runs are recorded under it")
+            click.echo(f"no trials in tune run {search.tune_run_id}: {why}")
+            return
+        reused = (f"; the tune step of pipeline run {search.reused_by} came from the cache, so these are the "
+                  f"trials of the run that produced it" if search.reused_by else "")
+        title = (f"{len(search.rows)} trials of tune run {search.tune_run_id} (pipeline run {search.pipeline_run_id})"
+                 f", best first by {search.objective or 'score'} ({search.direction}){reused}")
+        _console().print(queries.trials_table(search, title=title))
+
+
+@click.command(name="lineage")
+@_store_options
+@click.option("--format", "output_format", type=click.Choice(["text", "dot", "mermaid", "html", "json"]),
+              default="text", show_default=True, help="text: a tree for the terminal; dot (Graphviz), mermaid, "
+                                                      "html (one self-contained page), json.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.argument("target")
+def lineage(config_file, tracking_uri, output_format, output, target):
+    """Trace TARGET back to its source data, through every step, artifact and the best trial.
+
+    \b
+    TARGET is one of:
+      penguins:3, penguins@production   a registered model version, or its serving path
+      RUN_ID or pipeline run name       a pipeline, step or trial run
+      PATH or URI                       an artifact a step produced
+    Steps served from kfp's cache are followed, by content digest, to the run that produced them.
+    """
+    from pipeline import queries
+
+    with _store(config_file, tracking_uri) as (store, _):
+        graph = queries.lineage(target, store=store)
+    if not output:
+        if output_format == "text":
+            _console().print(queries.lineage_tree(graph))
+        else:
+            click.echo(queries.RENDERERS[output_format](graph), nl=False)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as handle:
+            if output_format == "text":
+                _console(handle).print(queries.lineage_tree(graph))
+            else:
+                handle.write(queries.RENDERERS[output_format](graph))
+    except OSError as error:
+        raise TunepipeError(f"cannot write {output}: {error.strerror or error}") from None
+    else:
+        click.echo(f"wrote the {output_format} lineage of {graph.target} ({len(graph.nodes)} nodes, "
+                   f"{len(graph.edges)} edges) to {output}")
+
+
+COMMANDS = [runs, trials, lineage]
