@@ -20,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from components import analyzers, artifacts, beam_run
+from components.spans import SpanPattern, newest
 from components.schema import CATEGORICAL, FEATURE, LABEL, NUMERIC, PASSTHROUGH, Column, Schema
 from pipeline.config import BeamConfig, DataConfig
 from pipeline.errors import DataError
@@ -59,6 +60,7 @@ class IngestResult:
     schema: Schema
     counts: dict[str, Any]
     digest: str
+    spans: tuple[str, ...] = ()
 
 
 # --- the source -----------------------------------------------------------------------------
@@ -84,6 +86,32 @@ def match_source(source: str) -> list[SourceFile]:
             raise DataError(f"the data source pattern {source} matches no files")
         raise DataError(f"the data source {source} does not exist")
     return sorted(files, key=lambda f: f.path)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """What a run reads: the spans chosen (empty when the source has no span placeholder) and their files."""
+
+    spans: tuple[str, ...]
+    files: list[SourceFile]
+
+
+def resolve_source(source: str, span_window: int = 1, spans: Sequence[str] | None = None) -> ResolvedSource:
+    """The files of the newest `span_window` spans of `source` (or of the named `spans`), or of the
+    source itself when it has no span placeholder."""
+    pattern = SpanPattern(source)
+    if not pattern.has_spans:
+        return ResolvedSource((), match_source(source))
+    if spans is None:
+        listed = match_source(pattern.glob)
+        found = {span for span in map(pattern.span_of, (f.path for f in listed)) if span is not None}
+        if not found:
+            raise DataError(f"the data source pattern {source} matches no span: {len(listed)} file(s) match "
+                            f"{pattern.glob}, none with a {'date' if pattern.dated else 'span number'} where the "
+                            f"placeholder is")
+        spans = [span.name for span in newest(found, span_window)]
+    files = sorted({f for span in spans for f in match_source(pattern.of_span(span))}, key=lambda f: f.path)
+    return ResolvedSource(tuple(spans), files)
 
 
 def fingerprint(files: list[SourceFile]) -> str:
@@ -393,16 +421,20 @@ def _check_counts(source: str, data: DataConfig, counts: dict[str, Any], partial
         raise DataError(f"{source}: the label {data.label!r} is missing on every row")
 
 
-def run(data: DataConfig, beam_config: BeamConfig, out: str | os.PathLike[str]) -> IngestResult:
-    """Read, validate, split and describe the source table into the `examples` artifact at `out`."""
+def run(data: DataConfig, beam_config: BeamConfig, out: str | os.PathLike[str],
+        spans: Sequence[str] | None = None) -> IngestResult:
+    """Read, validate, split and describe the source table into the `examples` artifact at `out`:
+    the named `spans` of a span pattern, else its newest `data.span_window` spans."""
     out = Path(out)
-    files = match_source(data.source)
+    resolved = resolve_source(data.source, data.span_window, spans)
+    files = resolved.files
     schema = infer_schema(files, data)
     for source_file in files:
         if source_file.size == 0:
             raise DataError(f"{source_file.path}: the file is empty")
     fmt = file_format(data, files)
-    log.info("ingest: reading %d %s file(s) from %s with %s", len(files), fmt.upper(), data.source, beam_config.runner)
+    log.info("ingest: reading %d %s file(s) from %s%s with %s", len(files), fmt.upper(), data.source,
+             f" (spans {', '.join(resolved.spans)})" if resolved.spans else "", beam_config.runner)
     with artifacts.building(out) as partial:
         beam_run.run(beam_config, lambda root: _pipeline(root, [f.path for f in files], data, schema, fmt,
                                                           str(partial)))
@@ -410,11 +442,11 @@ def run(data: DataConfig, beam_config: BeamConfig, out: str | os.PathLike[str]) 
         counts = statistics["counts"]
         _check_counts(data.source, data, counts, partial, out)
         schema.write(partial)
-        manifest = artifacts.write_manifest(partial, KIND, "ingest", source=data.source,
+        manifest = artifacts.write_manifest(partial, KIND, "ingest", source=data.source, spans=list(resolved.spans),
                                             files=[f.path for f in files], counts=counts)
     log.info("ingest: %d rows read, %d rejected, %d without a label; %s", counts["rows_read"], counts["rejected"],
              counts["missing_label"], ", ".join(f"{s} {n}" for s, n in counts["splits"].items()))
-    return IngestResult(str(out), schema, counts, manifest["digest"])
+    return IngestResult(str(out), schema, counts, manifest["digest"], resolved.spans)
 
 
 def split_files(examples: str | os.PathLike[str], split: str) -> list[str]:

@@ -56,10 +56,15 @@ class FeaturesConfig(_Section):
 
 
 class DataConfig(_Section):
-    """The source table and how to read and split it: everything the ingest step depends on."""
+    """The source table and how to read and split it: everything the ingest step depends on.
+
+    `source` may name spans with a placeholder, `data/spans/{SPAN}/*.csv` or
+    `events/{YYYY}-{MM}-{DD}/*.parquet` (see components.spans): a run reads the newest
+    `span_window` spans."""
 
     source: str
     label: str
+    span_window: int = Field(1, ge=1)
     format: Literal["auto", "csv", "parquet"] = "auto"
     problem_type: Literal["classification"] = "classification"
     features: FeaturesConfig = FeaturesConfig()
@@ -69,11 +74,28 @@ class DataConfig(_Section):
     # Rows that cannot be parsed go to a rejects file; past this share of the rows, ingest fails.
     max_reject_fraction: float = Field(0.01, ge=0, le=1)
 
+    @field_validator("source")
+    @classmethod
+    def _placeholders_are_known(cls, value: str) -> str:
+        from components.spans import SpanPattern
+
+        SpanPattern(value)  # a ValueError names the placeholder at fault
+        return value
+
     @model_validator(mode="after")
     def _label_is_not_a_feature(self) -> DataConfig:
         named = set(self.features.include or ()) | set(self.features.types)
         if self.label in named:
             raise ValueError(f"the label {self.label!r} cannot also be listed as a feature")
+        return self
+
+    @model_validator(mode="after")
+    def _window_needs_spans(self) -> DataConfig:
+        from components.spans import SpanPattern
+
+        if self.span_window > 1 and not SpanPattern(self.source).has_spans:
+            raise ValueError(f"span_window {self.span_window} needs a span placeholder in the source "
+                             f"({{SPAN}} or {{YYYY}}-{{MM}}-{{DD}}); {self.source!r} has none")
         return self
 
 
