@@ -61,6 +61,13 @@ INVALID = "invalid"
 INTERRUPTED = "interrupted"
 FINAL_STATUSES = (COMPLETED, FAILED, INVALID)
 
+# On the tune step's own run: whether it searched or reused, over which search space, and its result,
+# so that a later run can reuse the result without the artifact store (see `last_search`).
+TAG_TUNING = "tunepipe.tuning"  # searched, reused or off
+TAG_SEARCH_SPACE = "tunepipe.search_space"
+TAG_BEST_HYPERPARAMETERS = "tunepipe.best_hyperparameters"
+TAG_REUSED_FROM = "tunepipe.tuning.reused_from"
+SEARCHED, REUSED, OFF = "searched", "reused", "off"
 TAG_SEARCH_ID = "tunepipe.search_id"
 TAG_TRIAL_ID = "tunepipe.trial_id"
 TAG_STATUS = "tunepipe.trial_status"
@@ -96,6 +103,88 @@ class TuneResult:
     direction: str
     trials: tuple[TrialSummary, ...]
     digest: str
+
+
+@dataclass(frozen=True)
+class PreviousSearch:
+    """The result of an earlier search, as its tune step run recorded it in MLflow."""
+
+    run_id: str
+    pipeline_run_id: str | None
+    started: float  # seconds since the epoch
+    best_hyperparameters: dict[str, Any]
+    best_trial_id: str | None
+    best_score: float | None
+    tuning_uri: str
+    tuning_digest: str
+
+    def age_days(self, now: float | None = None) -> float:
+        return ((time.time() if now is None else now) - self.started) / 86400
+
+
+# --- reusing an earlier search ------------------------------------------------------------------
+
+def search_space_digest(config: TunerConfig) -> str:
+    """What makes an earlier search's best hyperparameters valid for this one: the same search space,
+    ranked by the same objective."""
+    identity = {"search_space": config.search_space.model_dump(mode="json"), "objective": config.objective,
+                "direction": config.resolved_direction}
+    return "space:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def last_search(experiment_id: str, config: TunerConfig) -> PreviousSearch | None:
+    """The newest finished search over the same search space in `experiment_id` (the pipeline's)."""
+    from mlflow import MlflowClient
+
+    query = (f"tags.`tunepipe.step` = 'tune' and tags.`{TAG_TUNING}` = '{SEARCHED}' "
+             f"and tags.`{TAG_SEARCH_SPACE}` = '{search_space_digest(config)}' and attributes.status = 'FINISHED'")
+    for run in MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"],
+                                          max_results=5):
+        tags, metrics = run.data.tags, run.data.metrics
+        try:
+            best = json.loads(tags[TAG_BEST_HYPERPARAMETERS])
+        except (KeyError, ValueError):
+            continue  # cut short by MLflow's tag limit, or written by hand: not reusable
+        return PreviousSearch(run.info.run_id, tags.get(_PARENT_RUN_TAG), run.info.start_time / 1000, best,
+                              tags.get("tunepipe.best_trial_id") or None, metrics.get("best_score"),
+                              tags.get("tunepipe.output.tuning.uri", ""), tags.get("tunepipe.output.tuning.digest", ""))
+    return None
+
+
+def reuse_decision(previous: PreviousSearch | None, config: TunerConfig, now: float | None = None) -> str | None:
+    """Why a run that may reuse hyperparameters searches anyway; None when it reuses `previous`."""
+    if not config.enabled:
+        return "tuning is off"
+    if previous is None:
+        return "no earlier search over this search space"
+    age = previous.age_days(now)
+    if config.retune_after_days is not None and age > config.retune_after_days:
+        return (f"the last search (run {previous.run_id}) is {age:.1f} days old, more than "
+                f"tuner.retune_after_days={config.retune_after_days:g}")
+    return None
+
+
+def reuse(previous: PreviousSearch, examples: str | os.PathLike[str], transform: str | os.PathLike[str],
+          out: str | os.PathLike[str], config: TunerConfig) -> TuneResult:
+    """The `tuning` artifact of a run that searches nothing: the best hyperparameters of `previous`."""
+    examples_manifest = artifacts.read_manifest(examples, ingest.KIND)
+    transform_manifest = artifacts.read_manifest(transform, "transform")
+    inputs = {"examples": str(examples), "examples_digest": examples_manifest["digest"],
+              "transform": str(transform), "transform_digest": transform_manifest["digest"],
+              "reused_from": {"tune_run_id": previous.run_id, "pipeline_run_id": previous.pipeline_run_id,
+                              "tuning": previous.tuning_uri, "tuning_digest": previous.tuning_digest,
+                              "best_trial_id": previous.best_trial_id, "best_score": previous.best_score}}
+    best = _ReusedTrial(previous.best_trial_id, previous.best_score) if previous.best_score is not None else None
+    result = _write_artifact(Path(out), config, previous.best_hyperparameters, best, [], {}, None, inputs)
+    log.info("tune: reusing the best hyperparameters of search run %s (%.1f days old): %s", previous.run_id,
+             previous.age_days(), json.dumps(result.best_hyperparameters, sort_keys=True))
+    return result
+
+
+@dataclass(frozen=True)
+class _ReusedTrial:
+    trial_id: str | None
+    score: float
 
 
 # --- recording ----------------------------------------------------------------------------------
@@ -382,7 +471,7 @@ def _tuner_classes():
 
 def _search_fingerprint(config: TunerConfig, examples_digest: str, transform_digest: str) -> str:
     """Names the Keras Tuner project: a changed config or input starts a new search instead of resuming."""
-    identity = {"config": config.model_dump(mode="json", exclude={"enabled"}),
+    identity = {"config": config.model_dump(mode="json", exclude={"enabled", "retune_after_days"}),
                 "examples": examples_digest, "transform": transform_digest}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 

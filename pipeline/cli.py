@@ -9,6 +9,7 @@ import sys
 
 import click
 
+from pipeline.cli_options import stacked
 from pipeline.errors import TunepipeError
 
 
@@ -32,18 +33,14 @@ def main() -> None:
     """Tune, train, evaluate and push a Keras model for a table, locally or on Kubeflow."""
 
 
-def _config_options(function):
-    """The options that pick and override the pipeline config, shared by `run` and `compile`."""
-    options = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Pipeline YAML file."),
-        click.option("--data", help="Data source: a CSV or Parquet path, glob or URI (overrides data.source)."),
-        click.option("--label", help="Label column (overrides data.label)."),
-        click.option("--output-root", help="Where artifacts, caches and the tracking store go."),
-        click.option("--runner", help="Beam runner for the data steps, e.g. DirectRunner, DataflowRunner."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+# The options that pick and override the pipeline config, shared by `run` and `compile`.
+_config_options = stacked(
+    click.option("--config", "config_file", type=click.Path(dir_okay=False), help="Pipeline YAML file."),
+    click.option("--data", help="Data source: a CSV or Parquet path, glob or URI (overrides data.source)."),
+    click.option("--label", help="Label column (overrides data.label)."),
+    click.option("--output-root", help="Where artifacts, caches and the tracking store go."),
+    click.option("--runner", help="Beam runner for the data steps, e.g. DirectRunner, DataflowRunner."),
+)
 
 
 def _load_config(config_file, data, label, output_root, runner):
@@ -63,28 +60,55 @@ def _load_config(config_file, data, label, output_root, runner):
     return config.load(config_file, overrides)
 
 
-@main.command()
-@_config_options
-@click.option("--no-cache", is_flag=True, help="Run every step even if kfp's cache holds its result.")
-@click.option("--force-push", is_flag=True, help="Push the model even if the evaluation does not bless it "
-                                                 "(recorded as forced).")
-def run(config_file, data, label, output_root, runner, no_cache, force_push):
-    """Run the pipeline on this machine (kfp.local, Beam DirectRunner)."""
+# The options of a local run, shared by `run` and `retrain`.
+_run_options = stacked(
+    _config_options,
+    click.option("--no-cache", is_flag=True, help="Run every step even if kfp's cache holds its result."),
+    click.option("--force-push", is_flag=True, help="Push the model even if the evaluation does not bless "
+                                                    "it (recorded as forced)."),
+)
+
+
+def _run_locally(cfg, no_cache: bool, force_push: bool, reuse_hyperparameters: bool = False,
+                 warm_start: bool = False) -> None:
     from rich.console import Console
 
     from components import ingest
     from pipeline import local_run, version
 
     console = Console(stderr=True, soft_wrap=True)
-    cfg = _load_config(config_file, data, label, output_root, runner)
     # Check what is cheap to check before any step starts: the files exist and have the label.
-    files = ingest.match_source(cfg.data.source)
-    ingest.infer_schema(files, cfg.data)
-    console.print(f"tunepipe: pipeline [bold]{cfg.name}[/bold]: {len(files)} file(s) from {cfg.data.source}, "
-                  f"label {cfg.data.label!r}")
-    summary = local_run.run(cfg, version.code_version(), use_cache=not no_cache,
-                            force_push=force_push, console=console)
+    resolved = ingest.resolve_source(cfg.data.source, cfg.data.span_window)
+    ingest.infer_schema(resolved.files, cfg.data)
+    spans = f" (span{'s' if len(resolved.spans) > 1 else ''} {', '.join(resolved.spans)})" if resolved.spans else ""
+    retraining = reuse_hyperparameters or warm_start
+    console.print(f"tunepipe: {'retraining' if retraining else 'pipeline'} [bold]{cfg.name}[/bold]: "
+                  f"{len(resolved.files)} file(s) from {cfg.data.source}{spans}, label {cfg.data.label!r}")
+    summary = local_run.run(cfg, version.code_version(), use_cache=not no_cache, force_push=force_push,
+                            console=console, reuse_hyperparameters=reuse_hyperparameters, warm_start=warm_start)
     local_run.print_summary(summary, console)
+
+
+@main.command()
+@_run_options
+def run(config_file, data, label, output_root, runner, no_cache, force_push):
+    """Run the pipeline on this machine (kfp.local, Beam DirectRunner)."""
+    _run_locally(_load_config(config_file, data, label, output_root, runner), no_cache, force_push)
+
+
+@main.command()
+@_run_options
+@click.option("--retune", is_flag=True, help="Search hyperparameters again instead of reusing the last search's.")
+@click.option("--no-warm-start", is_flag=True, help="Train from scratch instead of from the production model.")
+def retrain(config_file, data, label, output_root, runner, no_cache, force_push, retune, no_warm_start):
+    """Retrain on the newest data: reuse the last search's best hyperparameters (unless --retune, or
+    the search is older than tuner.retune_after_days), warm-start from the production model,
+    evaluate against it and push only if the new model is better.
+
+    On Kubeflow the same run is `tunepipe submit --retrain` (or `tunepipe schedule --retrain`).
+    """
+    _run_locally(_load_config(config_file, data, label, output_root, runner), no_cache, force_push,
+                 reuse_hyperparameters=not retune, warm_start=not no_warm_start)
 
 
 @main.command(name="compile")

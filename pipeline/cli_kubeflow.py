@@ -19,6 +19,7 @@ from typing import Any
 import click
 import yaml
 
+from pipeline.cli_options import stacked
 from pipeline.errors import TunepipeError
 
 DEFAULT_PACKAGE = "pipeline.yaml"
@@ -26,26 +27,35 @@ DEFAULT_PACKAGE = "pipeline.yaml"
 DEFAULT_EXPERIMENT = "Default"
 
 
-def _kfp_options(function):
-    """Where the KFP API is and who we are there: shared by every Kubeflow command."""
-    options = [
-        click.option("--host", envvar="KF_PIPELINES_ENDPOINT", show_envvar=True, metavar="URL",
-                     help="KFP API endpoint, e.g. http://localhost:8888 (a port-forward of ml-pipeline)."),
-        click.option("--namespace", metavar="NS",
-                     help="Namespace (profile) of a multi-user Kubeflow; pipelines are uploaded into it."),
-        click.option("--token-env", metavar="VAR",
-                     help="Environment variable holding the bearer token [default: $KFP_BEARER_TOKEN, "
-                          "else the kubeconfig user token]."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+# Where the KFP API is and who we are there: shared by every Kubeflow command.
+_kfp_options = stacked(
+    click.option("--host", envvar="KF_PIPELINES_ENDPOINT", show_envvar=True, metavar="URL",
+                 help="KFP API endpoint, e.g. http://localhost:8888 (a port-forward of ml-pipeline)."),
+    click.option("--namespace", metavar="NS",
+                 help="Namespace (profile) of a multi-user Kubeflow; pipelines are uploaded into it."),
+    click.option("--token-env", metavar="VAR",
+                 help="Environment variable holding the bearer token [default: $KFP_BEARER_TOKEN, "
+                      "else the kubeconfig user token]."),
+)
+
+
+# What `--retrain` sets: the pipeline parameters that make a run `tunepipe retrain`.
+RETRAIN_PARAMS = {"reuse_hyperparameters": True, "warm_start": True}
+
+
+def _collect_retrain(ctx: click.Context, _, retrain: bool) -> bool:
+    ctx.meta["tunepipe.retrain"] = retrain
+    return retrain
 
 
 def _param_option(function):
-    return click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
-                        help="Pipeline parameter; VALUE is read as JSON when it parses (3, true, [1,2]), "
-                             "else as a string. Repeatable.")(function)
+    function = click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
+                            help="Pipeline parameter; VALUE is read as JSON when it parses (3, true, [1,2]), "
+                                 "else as a string. Repeatable.")(function)
+    return click.option("--retrain", is_flag=True, expose_value=False, callback=_collect_retrain,
+                        help="Retrain: reuse the last search's hyperparameters (unless older than "
+                             "tuner.retune_after_days) and warm-start from the production model; the same as "
+                             + " ".join(f"--param {name}=true" for name in RETRAIN_PARAMS) + ".")(function)
 
 
 def _connect(host: str | None, namespace: str | None, token_env: str | None) -> Any:
@@ -63,7 +73,10 @@ def _connect(host: str | None, namespace: str | None, token_env: str | None) -> 
 
 
 def parse_params(params: tuple[str, ...]) -> dict[str, Any]:
-    """`NAME=VALUE` pairs as pipeline arguments: JSON values where they parse, strings otherwise."""
+    """`NAME=VALUE` pairs as pipeline arguments: JSON values where they parse, strings otherwise;
+    with `--retrain`, the retraining parameters too."""
+    context = click.get_current_context(silent=True)
+    retrain = bool(context and context.meta.get("tunepipe.retrain"))
     arguments: dict[str, Any] = {}
     for param in params:
         name, equals, text = param.partition("=")
@@ -76,6 +89,11 @@ def parse_params(params: tuple[str, ...]) -> dict[str, Any]:
             arguments[name] = json.loads(text)
         except ValueError:
             arguments[name] = text
+    if retrain:
+        contradicted = [name for name, value in RETRAIN_PARAMS.items() if arguments.get(name, value) != value]
+        if contradicted:
+            raise TunepipeError(f"--retrain sets {', '.join(contradicted)}=true; --param says otherwise")
+        arguments.update(RETRAIN_PARAMS)
     return arguments
 
 
@@ -155,14 +173,14 @@ def submit(host, namespace, token_env, name, version, experiment, params, run_na
 @click.option("--list", "list_them", is_flag=True, help="List the recurring runs instead.")
 @click.option("--delete", "delete_job", metavar="JOB", help="Delete the recurring run named JOB instead.")
 @click.option("--local", is_flag=True, help="Run the schedule on this machine instead, in the foreground: "
-              "`tunepipe run --config FILE` on each tick, never two at once.")
+              "`tunepipe retrain --config FILE` on each tick, never two at once.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="With --local: the pipeline to retrain [default: ./pipeline.yaml].")
 @click.option("--max-runs", type=click.IntRange(min=1), metavar="N",
               help="With --local: stop after N runs [default: run until interrupted].")
 @click.option("--command", "command_template", metavar="CMD",
               help="With --local: the command each tick runs; {config} is the config file "
-                   "[default: 'tunepipe run --config {config}'].")
+                   "[default: 'tunepipe retrain --config {config}'].")
 @click.pass_context
 def schedule(ctx, host, namespace, token_env, name, cron, job_name, experiment, params, max_concurrency, catchup,
              list_them, delete_job, local, config_file, max_runs, command_template):

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import click
 
+from pipeline.cli_options import stacked
 from pipeline.errors import TunepipeError
 
 # A query that cannot reach the tracking server should say so in seconds, not after MLflow's
@@ -24,17 +25,13 @@ from pipeline.errors import TunepipeError
 _HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
-def _store_options(function):
-    options = [
-        click.option("--config", "config_file", type=click.Path(dir_okay=False),
-                     help="Pipeline YAML file: its tracking store (and, for `runs`, its experiment)."),
-        click.option("--tracking-uri", metavar="URI",
-                     help="MLflow tracking URI, e.g. http://mlflow:5000 or sqlite:///tunepipe-out/mlflow.db "
-                          "[default: $MLFLOW_TRACKING_URI, else the config's store, else ./tunepipe-out/mlflow.db]."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+_store_options = stacked(
+    click.option("--config", "config_file", type=click.Path(dir_okay=False),
+                 help="Pipeline YAML file: its tracking store (and, for `runs`, its experiment)."),
+    click.option("--tracking-uri", metavar="URI",
+                 help="MLflow tracking URI, e.g. http://mlflow:5000 or sqlite:///tunepipe-out/mlflow.db "
+                      "[default: $MLFLOW_TRACKING_URI, else the config's store, else ./tunepipe-out/mlflow.db]."),
+)
 
 
 def _where(config_file: str | None, tracking_uri: str | None) -> tuple[str, str | None]:
@@ -52,19 +49,12 @@ def _where(config_file: str | None, tracking_uri: str | None) -> tuple[str, str 
 @contextlib.contextmanager
 def _store(config_file: str | None, tracking_uri: str | None) -> Iterator[tuple[object, str | None]]:
     uri, experiment = _where(config_file, tracking_uri)
-    saved = {key: os.environ.get(key) for key in _HTTP_SETTINGS}
-    for key, value in _HTTP_SETTINGS.items():
-        os.environ.setdefault(key, value)
-    try:
+    from pipeline import lineage
+
+    with lineage.environment(_HTTP_SETTINGS, overwrite=False):
         from pipeline import queries
 
         yield queries.Store(uri), experiment
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def _console(file=None):
@@ -116,8 +106,8 @@ def trials(config_file, tracking_uri, run):
                    else "no trial runs are recorded under it")
             click.echo(f"no trials in tune run {search.tune_run_id}: {why}")
             return
-        reused = (f"; the tune step of pipeline run {search.reused_by} came from the cache, so these are the "
-                  f"trials of the run that produced it" if search.reused_by else "")
+        reused = (f"; pipeline run {search.reused_by} reused this search's result (from kfp's cache or by "
+                  f"retraining)" if search.reused_by else "")
         title = (f"{len(search.rows)} trials of tune run {search.tune_run_id} (pipeline run {search.pipeline_run_id})"
                  f", best first by {search.objective or 'score'} ({search.direction}){reused}")
         _console().print(queries.trials_table(search, title=title))

@@ -26,20 +26,20 @@ from pipeline.config import PipelineConfig
 DEFAULT_IMAGE = "ghcr.io/tunepipe/tunepipe:0.1.0"
 
 
-def resolve_source(source: str) -> NamedTuple("SourceOutputs", [("source", str), ("fingerprint", str)]):
-    """List the files the source names, at run time, and fingerprint them (names, sizes, modification
-    times). Never cached: it is what lets the ingest step's cache see new data under the same path,
-    on a schedule too (kubeflow/pipelines#3432)."""
+def resolve_source(source: str, data: dict) -> NamedTuple("SourceOutputs", [("fingerprint", str), ("spans", list)]):
+    """Choose the spans to read now (the newest `data.span_window` of a span pattern), list their
+    files and fingerprint them (names, sizes, modification times). Never cached: it is what lets the
+    ingest step's cache see new data under the same pattern, on a schedule too (kubeflow/pipelines#3432)."""
     from pipeline import launcher
-    return launcher.resolve_source(source)
+    return launcher.resolve_source(source, int(data.get("span_window", 1)))  # a KFP struct holds floats
 
 
-def ingest(source: str, label: str, data: dict, beam: dict, data_fingerprint: str, code_version: str,
+def ingest(source: str, spans: list, label: str, data: dict, beam: dict, data_fingerprint: str, code_version: str,
            examples: Output[Dataset], metrics: Output[Metrics]):
-    """Read, validate and split the source table. `data_fingerprint` and `code_version` are only
-    cache keys: they change when the source files or the code do."""
+    """Read, validate and split the chosen spans of the source table. `data_fingerprint` and
+    `code_version` are only cache keys: they change when the source files or the code do."""
     from pipeline import launcher
-    launcher.ingest(source, label, data, beam, examples, metrics)
+    launcher.ingest(source, spans, label, data, beam, examples, metrics)
 
 
 def preprocess(examples: Input[Dataset], options: dict, beam: dict, code_version: str,
@@ -49,26 +49,31 @@ def preprocess(examples: Input[Dataset], options: dict, beam: dict, code_version
     launcher.preprocess(examples, options, beam, transform)
 
 
-def tune(examples: Input[Dataset], transform: Input[Artifact], options: dict, work_root: str, code_version: str,
-         tuning: Output[Artifact]):
+def tune(examples: Input[Dataset], transform: Input[Artifact], options: dict, work_root: str,
+         reuse_hyperparameters: bool, code_version: str, tuning: Output[Artifact]):
     """Keras Tuner search over the transform's features; each trial is a nested MLflow run.
-    `work_root` holds Keras Tuner's state so a killed search resumes."""
+    `work_root` holds Keras Tuner's state so a killed search resumes. With `reuse_hyperparameters`
+    (retraining), the best hyperparameters of the last search over the same space, unless it is
+    older than `tuner.retune_after_days`."""
     from pipeline import launcher
-    launcher.tune(examples, transform, options, work_root, tuning)
+    launcher.tune(examples, transform, options, work_root, reuse_hyperparameters, tuning)
 
 
 def train(examples: Input[Dataset], transform: Input[Artifact], tuning: Input[Artifact], options: dict,
-          tuner: dict, warm_start: str, code_version: str, model: Output[Model]):
+          tuner: dict, warm_start_from: str, code_version: str, model: Output[Model]):
     """Train the best hyperparameters with early stopping and export the SavedModel for serving.
-    `tuner` carries the search space, whose defaults fill what the tuning result leaves out."""
+    `tuner` carries the search space, whose defaults fill what the tuning result leaves out.
+    `warm_start_from` is the served model to start from ("" for none), when its weights fit."""
     from pipeline import launcher
-    launcher.train(examples, transform, tuning, options, tuner, warm_start, model)
+    launcher.train(examples, transform, tuning, options, tuner, warm_start_from, model)
 
 
-def resolve_baseline(serving_dir: str, model_name: str, baseline: Output[Model]):
-    """Find the model in production (registry alias, else newest served version); none on a first run."""
+def resolve_baseline(serving_dir: str, model_name: str, warm_start: bool, baseline: Output[Model]) -> str:
+    """Find the model in production (registry alias, else newest served version); none on a first run.
+    Returns its path when `warm_start` asks train to start from it, else "": a parameter, not the
+    artifact, so that train's cache key changes only when a warm start's source does."""
     from pipeline import launcher
-    launcher.resolve_baseline(serving_dir, model_name, baseline)
+    return launcher.resolve_baseline(serving_dir, model_name, warm_start, baseline)
 
 
 def evaluate(examples: Input[Dataset], model: Input[Model], baseline: Input[Model], options: dict, beam: dict,
@@ -106,8 +111,10 @@ def _component(function, image: str):
     return dsl.component(function, base_image=image, install_kfp_package=False)
 
 
-def pipeline_arguments(config: PipelineConfig, code_version: str, force_push: bool = False) -> dict[str, Any]:
-    """The pipeline's parameters for a run of `config`."""
+def pipeline_arguments(config: PipelineConfig, code_version: str, force_push: bool = False,
+                       reuse_hyperparameters: bool = False, warm_start: bool = False) -> dict[str, Any]:
+    """The pipeline's parameters for a run of `config`. Retraining sets `reuse_hyperparameters` (the
+    last search's best, see `tuner.retune_after_days`) and `warm_start` (from the production model)."""
     # KFP parameters cannot hold null: unset optional keys are left out and take their defaults again.
     def section(model) -> dict:
         return model.model_dump(mode="json", exclude_none=True)
@@ -121,7 +128,8 @@ def pipeline_arguments(config: PipelineConfig, code_version: str, force_push: bo
         "tuner": section(config.tuner),
         "training": section(config.training),
         "evaluation": section(config.evaluation),
-        "warm_start": "",
+        "reuse_hyperparameters": reuse_hyperparameters,
+        "warm_start": warm_start,
         "work_root": _location(config.output_root, "work"),
         "serving_dir": _location(config.resolved_serving_dir),
         "model_name": config.resolved_model_name,
@@ -138,7 +146,7 @@ def _location(path: str, *parts: str) -> str:
 
 
 def _configure(task, name: str, config: PipelineConfig) -> None:
-    """Display name, caching, Kubernetes resources, retries and tracking of one task."""
+    """Display name, caching, Kubernetes resources, retries, tracking and volumes of one task."""
     task.set_display_name(name)
     if name in UNCACHED:
         task.set_caching_options(enable_caching=False)
@@ -151,6 +159,24 @@ def _configure(task, name: str, config: PipelineConfig) -> None:
         task.set_retry(num_retries=retries, backoff_duration=config.kubeflow.retry_backoff)
     if config.tracking_uri:
         task.set_env_variable("MLFLOW_TRACKING_URI", config.tracking_uri)
+    _mount_volumes(task, name, config)
+
+
+def _mount_volumes(task, name: str, config: PipelineConfig) -> None:
+    """Mount the `kubeflow.volumes` PVCs into the steps that keep files across pods and runs.
+    kfp.kubernetes is imported only when there is something to mount; kfp.local ignores the mounts."""
+    volumes = config.kubeflow.volumes
+    # The serving directory: push writes it, resolve-baseline looks in it, and the production model
+    # it finds there is what train warm-starts from and evaluate compares with. The work volume holds
+    # work_root, Keras Tuner's state.
+    users = ((volumes.serving, ("resolve-baseline", "train", "evaluate", "push")), (volumes.work, ("tune",)))
+    mounts = [volume for volume, steps in users if volume is not None and name in steps]
+    if not mounts:
+        return
+    from kfp import kubernetes
+
+    for volume in mounts:
+        kubernetes.mount_pvc(task, pvc_name=volume.pvc, mount_path=volume.mount_path)
 
 
 def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_version: str = ""):
@@ -170,26 +196,27 @@ def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_ver
         tuner: dict = defaults["tuner"],
         training: dict = defaults["training"],
         evaluation: dict = defaults["evaluation"],
-        warm_start: str = defaults["warm_start"],
+        reuse_hyperparameters: bool = defaults["reuse_hyperparameters"],
+        warm_start: bool = defaults["warm_start"],
         work_root: str = defaults["work_root"],
         serving_dir: str = defaults["serving_dir"],
         model_name: str = defaults["model_name"],
         force_push: bool = defaults["force_push"],
         code_version: str = defaults["code_version"],
     ) -> PipelineOutputs:
-        source_task = ops["resolve-source"](source=source)
-        ingest_task = ops["ingest"](source=source_task.outputs["source"], label=label, data=data, beam=beam,
+        source_task = ops["resolve-source"](source=source, data=data)
+        ingest_task = ops["ingest"](source=source, spans=source_task.outputs["spans"], label=label, data=data, beam=beam,
                                     data_fingerprint=source_task.outputs["fingerprint"], code_version=code_version)
         examples = ingest_task.outputs["examples"]
         preprocess_task = ops["preprocess"](examples=examples, options=preprocess, beam=beam,
                                             code_version=code_version)
         transform = preprocess_task.outputs["transform"]
         tune_task = ops["tune"](examples=examples, transform=transform, options=tuner, work_root=work_root,
-                                code_version=code_version)
+                                reuse_hyperparameters=reuse_hyperparameters, code_version=code_version)
+        baseline_task = ops["resolve-baseline"](serving_dir=serving_dir, model_name=model_name, warm_start=warm_start)
         train_task = ops["train"](examples=examples, transform=transform, tuning=tune_task.outputs["tuning"],
-                                  options=training, tuner=tuner, warm_start=warm_start,
+                                  options=training, tuner=tuner, warm_start_from=baseline_task.outputs["Output"],
                                   code_version=code_version)
-        baseline_task = ops["resolve-baseline"](serving_dir=serving_dir, model_name=model_name)
         evaluate_task = ops["evaluate"](examples=examples, model=train_task.outputs["model"],
                                         baseline=baseline_task.outputs["baseline"], options=evaluation, beam=beam,
                                         force_push=force_push, code_version=code_version)

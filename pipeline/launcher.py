@@ -59,8 +59,9 @@ def _log_metrics(metrics: Any, values: dict[str, float]) -> None:
         json.dump(values, handle, indent=2)
 
 
-def resolve_source(source: str) -> Any:
-    """The resolve-source task: the source as it is now, and a fingerprint of its files."""
+def resolve_source(source: str, span_window: int) -> Any:
+    """The resolve-source task: the spans to read now (the newest `span_window` of a span pattern)
+    and a fingerprint of their files."""
     _quiet_libraries()
     with user_errors("resolve-source"):
         from collections import namedtuple
@@ -68,16 +69,21 @@ def resolve_source(source: str) -> Any:
         from components import ingest as ingest_step
         from pipeline import lineage
 
-        with lineage.step_run("resolve-source", {"source": source}) as record:
-            files = ingest_step.match_source(source)
-            fingerprint = ingest_step.fingerprint(files)
-            print(f"resolve-source: {len(files)} file(s) match {source}")
-            record.tags({"tunepipe.fingerprint": fingerprint, "tunepipe.files": str(len(files))})
-        return namedtuple("SourceOutputs", ["source", "fingerprint"])(source, fingerprint)
+        with lineage.step_run("resolve-source", {"source": source, "span_window": span_window}) as record:
+            resolved = ingest_step.resolve_source(source, span_window)
+            fingerprint = ingest_step.fingerprint(resolved.files)
+            spans = f", spans {', '.join(resolved.spans)}" if resolved.spans else ""
+            print(f"resolve-source: {len(resolved.files)} file(s) match {source}{spans}")
+            tags = {"tunepipe.fingerprint": fingerprint, "tunepipe.files": str(len(resolved.files))}
+            if resolved.spans:
+                tags[lineage.SPANS_TAG] = ",".join(resolved.spans)
+            record.tags(tags)
+        return namedtuple("SourceOutputs", ["fingerprint", "spans"])(fingerprint, list(resolved.spans))
 
 
-def ingest(source: str, label: str, data: dict[str, Any], beam: dict[str, Any], examples: Any, metrics: Any) -> None:
-    """The ingest task: `components.ingest.run` into the `examples` artifact."""
+def ingest(source: str, spans: list[str], label: str, data: dict[str, Any], beam: dict[str, Any], examples: Any,
+           metrics: Any) -> None:
+    """The ingest task: `components.ingest.run` over the spans resolve-source chose, into `examples`."""
     _quiet_libraries()
     with user_errors("ingest"):
         from components import ingest as ingest_step
@@ -87,7 +93,9 @@ def ingest(source: str, label: str, data: dict[str, Any], beam: dict[str, Any], 
         beam_config = config.section(config.BeamConfig, beam, "beam parameter")
         with lineage.step_run("ingest", {"source": source, "label": label, "data": data, "beam": beam},
                               inputs={}) as record:
-            result = ingest_step.run(data_config, beam_config, examples.path)
+            result = ingest_step.run(data_config, beam_config, examples.path, spans=spans if spans else None)
+            if result.spans:
+                record.tags({lineage.SPANS_TAG: ",".join(result.spans)})
             flat_counts = {**{k: v for k, v in result.counts.items() if k != "splits"},
                            **{f"rows_{split}": n for split, n in result.counts["splits"].items()}}
             examples.metadata.update({"digest": result.digest, "label": label, **flat_counts})
@@ -124,10 +132,15 @@ def _work_dir(root: str, step: str, *keys: Any) -> str:
     return os.path.join(root, step, digest)
 
 
-def tune(examples: Any, transform: Any, options: dict[str, Any], work_root: str, tuning: Any) -> None:
-    """The tune task: Keras Tuner over the transform's features; every trial a nested MLflow run."""
+def tune(examples: Any, transform: Any, options: dict[str, Any], work_root: str, reuse_hyperparameters: bool,
+         tuning: Any) -> None:
+    """The tune task: Keras Tuner over the transform's features, every trial a nested MLflow run; or,
+    with `reuse_hyperparameters`, the best hyperparameters of the last search over the same space
+    unless it is older than `tuner.retune_after_days`."""
     _quiet_libraries()
     with user_errors("tune"):
+        import json as json_module
+
         from components import tune as tune_step
         from pipeline import config, lineage
 
@@ -135,19 +148,47 @@ def tune(examples: Any, transform: Any, options: dict[str, Any], work_root: str,
         inputs = {"examples": (examples.uri, _artifact_digest(examples.path)),
                   "transform": (transform.uri, _artifact_digest(transform.path))}
         work_dir = _work_dir(work_root, "tune", inputs, options)
-        with lineage.step_run("tune", {"tuner": options, "work_dir": work_dir}, inputs=inputs) as record:
-            result = tune_step.run(examples.path, transform.path, tuning.path, tuner_config, work_dir=work_dir)
-            facts = {"trials": len(result.trials), "best_score": result.best_score}
+        params = {"tuner": options, "work_dir": work_dir, "reuse_hyperparameters": reuse_hyperparameters}
+        with lineage.step_run("tune", params, inputs=inputs) as record:
+            previous = why = None
+            if reuse_hyperparameters:
+                if record.experiment_id is not None:
+                    previous = tune_step.last_search(record.experiment_id, tuner_config)
+                    why = tune_step.reuse_decision(previous, tuner_config)
+                else:
+                    why = "no tracking store to find an earlier search in"
+                print(f"tune: searching: {why}" if why else
+                      f"tune: reusing the best hyperparameters of search run {previous.run_id}")
+            tags = {tune_step.TAG_SEARCH_SPACE: tune_step.search_space_digest(tuner_config)}
+            if reuse_hyperparameters and why is None:
+                result = tune_step.reuse(previous, examples.path, transform.path, tuning.path, tuner_config)
+                record.inputs({"tuning": (previous.tuning_uri, previous.tuning_digest)})
+                tags.update({tune_step.TAG_TUNING: tune_step.REUSED, tune_step.TAG_REUSED_FROM: previous.run_id})
+            else:
+                result = tune_step.run(examples.path, transform.path, tuning.path, tuner_config, work_dir=work_dir)
+                tags[tune_step.TAG_TUNING] = tune_step.SEARCHED if tuner_config.enabled else tune_step.OFF
+                if why:
+                    tags["tunepipe.tuning.why"] = why
+            tags[tune_step.TAG_BEST_HYPERPARAMETERS] = json_module.dumps(result.best_hyperparameters, sort_keys=True)
+            if result.best_trial_id:
+                tags["tunepipe.best_trial_id"] = result.best_trial_id
+            facts = {"best_score": result.best_score}
+            if tags[tune_step.TAG_TUNING] != tune_step.REUSED:
+                facts["trials"] = len(result.trials)
             tuning.metadata.update({"digest": result.digest, "best_trial_id": result.best_trial_id or "",
-                                    "objective": result.objective,
+                                    "objective": result.objective, "tuning": tags[tune_step.TAG_TUNING],
+                                    **({"reused_from": previous.run_id} if tags[tune_step.TAG_TUNING] == "reused"
+                                       else {}),
                                     **{key: value for key, value in facts.items() if value is not None}})
             record.output("tuning", tuning.uri, result.digest)
+            record.tags(tags)
             record.metrics({key: value for key, value in facts.items() if value is not None})
 
 
 def train(examples: Any, transform: Any, tuning: Any, options: dict[str, Any], tuner: dict[str, Any],
-          warm_start: str, model: Any) -> None:
-    """The train task: the best hyperparameters, early stopping, the exported SavedModel."""
+          warm_start_from: str, model: Any) -> None:
+    """The train task: the best hyperparameters, early stopping, the exported SavedModel; starting
+    from the weights of the served model at `warm_start_from` when it is given and they fit."""
     _quiet_libraries()
     with user_errors("train"):
         from components import train as train_step
@@ -158,9 +199,15 @@ def train(examples: Any, transform: Any, tuning: Any, options: dict[str, Any], t
         inputs = {"examples": (examples.uri, _artifact_digest(examples.path)),
                   "transform": (transform.uri, _artifact_digest(transform.path)),
                   "tuning": (tuning.uri, _artifact_digest(tuning.path))}
-        with lineage.step_run("train", {"training": options, "warm_start": warm_start}, inputs=inputs) as record:
+        if warm_start_from:
+            from components import push as push_step
+
+            inputs["warm_start"] = (warm_start_from, push_step.served_digest(warm_start_from) or "")
+        with lineage.step_run("train", {"training": options, "warm_start": warm_start_from},
+                              inputs=inputs) as record:
             result = train_step.run(examples.path, transform.path, model.path, training_config,
-                                    hyperparameters=tuning.path, warm_start=warm_start or None, search_space=space)
+                                    hyperparameters=tuning.path, warm_start=warm_start_from or None,
+                                    search_space=space)
             facts = {f"eval_{key}": value for key, value in result.metrics.items()}
             facts.update(epochs_trained=result.epochs_trained, best_epoch=result.best_epoch)
             model.metadata.update({"digest": result.digest, "warm_started": result.warm_started,
@@ -169,8 +216,15 @@ def train(examples: Any, transform: Any, tuning: Any, options: dict[str, Any], t
             record.metrics(facts)
 
 
-def resolve_baseline(serving_dir: str, model_name: str, baseline: Any) -> None:
-    """The resolve-baseline task: which model is in production now (none on the first run)."""
+def _baseline_path(baseline: Any) -> str | None:
+    """The served model directory resolve-baseline found, or None on a first run."""
+    with open(os.path.join(baseline.path, "baseline.json"), encoding="utf-8") as handle:
+        return json.load(handle)["path"]
+
+
+def resolve_baseline(serving_dir: str, model_name: str, warm_start: bool, baseline: Any) -> str:
+    """The resolve-baseline task: which model is in production now (none on the first run); its
+    path is returned too when train is to warm-start from it."""
     _quiet_libraries()
     with user_errors("resolve-baseline"):
         from components import push as push_step
@@ -186,6 +240,9 @@ def resolve_baseline(serving_dir: str, model_name: str, baseline: Any) -> None:
                                       **{key: value for key, value in description.items() if value is not None}})
             if found:
                 record.tags({"tunepipe.baseline.path": found.path, "tunepipe.baseline.source": found.source})
+            if warm_start and not found:
+                print("resolve-baseline: no model in production to warm-start from; train starts from scratch")
+        return found.path if warm_start and found else ""
 
 
 def push(model: Any, evaluation: Any, serving_dir: str, model_name: str, force_push: bool, pushed: Any) -> None:
@@ -223,8 +280,7 @@ def evaluate(examples: Any, model: Any, baseline: Any, options: dict[str, Any], 
 
         evaluation_config = config.section(config.EvaluationConfig, options, "evaluation parameter")
         beam_config = config.section(config.BeamConfig, beam, "beam parameter")
-        with open(os.path.join(baseline.path, "baseline.json"), encoding="utf-8") as handle:
-            baseline_path = json.load(handle)["path"]
+        baseline_path = _baseline_path(baseline)
         inputs = {"examples": (examples.uri, _artifact_digest(examples.path)),
                   "model": (model.uri, _artifact_digest(model.path))}
         if baseline_path:

@@ -25,6 +25,7 @@ PARENT_RUN_ENV = "TUNEPIPE_PARENT_RUN_ID"
 STEP_TAG = "tunepipe.step"
 CACHED_TAG = "tunepipe.cached"
 OUTPUT_TAG = "tunepipe.output"
+SPANS_TAG = "tunepipe.spans"  # the data spans a run read, comma-separated, oldest first
 
 
 def tracking_uri(output_root: str, configured: str | None = None) -> str:
@@ -55,21 +56,30 @@ def pipeline_run(name: str, output_root: str, configured_uri: str | None, params
     uri = tracking_uri(output_root, configured_uri)
     mlflow.set_tracking_uri(uri)
     experiment_id = _experiment(name, output_root)
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", PARENT_RUN_ENV)}
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tag("tunepipe.kind", "pipeline")
         mlflow.log_params({key: _param(value) for key, value in params.items()})
         # Step subprocesses inherit these and nest their runs under this one.
-        os.environ.update({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id,
-                           PARENT_RUN_ENV: run.info.run_id})
-        try:
+        with environment({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id,
+                          PARENT_RUN_ENV: run.info.run_id}):
             yield run
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+
+
+@contextlib.contextmanager
+def environment(values: dict[str, str], overwrite: bool = True) -> Iterator[None]:
+    """Set environment variables (only unset ones unless `overwrite`) and restore them afterwards."""
+    saved = {key: os.environ.get(key) for key in values}
+    for key, value in values.items():
+        if overwrite or key not in os.environ:
+            os.environ[key] = value
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def _param(value: Any) -> str:
@@ -95,10 +105,20 @@ class StepRecorder:
         if self._mlflow:
             self._mlflow.set_tags(values)
 
+    def inputs(self, values: dict[str, tuple[str, str]]) -> None:
+        """Inputs known only once the step has started (e.g. an earlier run's result it reuses)."""
+        if self._mlflow:
+            _log_inputs(self._mlflow, values)
+
     @property
     def run_id(self) -> str | None:
         run = self._mlflow.active_run() if self._mlflow else None
         return run.info.run_id if run else None
+
+    @property
+    def experiment_id(self) -> str | None:
+        run = self._mlflow.active_run() if self._mlflow else None
+        return run.info.experiment_id if run else None
 
 
 def _log_inputs(mlflow: Any, inputs: dict[str, tuple[str, str]]) -> None:

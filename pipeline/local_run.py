@@ -90,8 +90,10 @@ def _error_from_steps(error_file: Path, log_file: Path) -> TunepipeError:
 
 
 def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
-        force_push: bool = False, console: Console | None = None) -> RunSummary:
-    """Run the whole pipeline for `config` with kfp.local and return what happened."""
+        force_push: bool = False, console: Console | None = None, reuse_hyperparameters: bool = False,
+        warm_start: bool = False) -> RunSummary:
+    """Run the whole pipeline for `config` with kfp.local and return what happened (the last two:
+    see `dag.pipeline_arguments`)."""
     from kfp import local
 
     console = console or Console(stderr=True)
@@ -104,7 +106,8 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     steps = {name: StepStatus(name) for name in dag.STEPS}
     summary = RunSummary(steps, log_file=log_file)
 
-    arguments = dag.pipeline_arguments(config, code_version, force_push=force_push)
+    arguments = dag.pipeline_arguments(config, code_version, force_push=force_push,
+                                       reuse_hyperparameters=reuse_hyperparameters, warm_start=warm_start)
     pipeline_function = dag.create_pipeline(config, code_version=code_version)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(output_root / "pipelines"),
                enable_caching=use_cache, cache_root=str(output_root / "cache"), raise_on_error=True)
@@ -121,7 +124,8 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     root_logger.setLevel(logging.INFO)
     started = time.monotonic()
     params = {"source": config.data.source, "label": config.data.label,
-              "code_version": code_version, "cache": use_cache, "force_push": force_push}
+              "code_version": code_version, "cache": use_cache, "force_push": force_push,
+              "reuse_hyperparameters": reuse_hyperparameters, "warm_start": warm_start}
     with lineage.pipeline_run(config.name, str(output_root), config.tracking_uri, params,
                               run_name=f"{config.name}-{stamp}") as parent:
         summary.mlflow_run_id = parent.info.run_id
@@ -190,6 +194,9 @@ def _facts(step: str, metadata: dict[str, Any]) -> str:
     if step == "preprocess":
         return f"{metadata.get('features', 0)} features, {metadata.get('classes', 0)} classes"
     if step == "tune":
+        if metadata.get("tuning") == "reused":
+            return (f"reused the best hyperparameters of search run {metadata.get('reused_from', '?')} "
+                    f"({metadata.get('objective', '')} {metadata.get('best_score', 0):.4f})")
         if not metadata.get("trials"):
             return "tuning off: default hyperparameters"
         return f"{metadata['trials']} trials, best {metadata.get('objective', '')} {metadata.get('best_score', 0):.4f}"

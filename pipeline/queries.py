@@ -40,13 +40,16 @@ STEP_TAG = lineage_schema.STEP_TAG
 CACHED_TAG = lineage_schema.CACHED_TAG
 OUTPUT_PREFIX = lineage_schema.OUTPUT_TAG + "."
 INPUT_PREFIX = "tunepipe.input."
-SPANS_TAG = "tunepipe.spans"
+SPANS_TAG = lineage_schema.SPANS_TAG
 FINGERPRINT_TAG = "tunepipe.fingerprint"
 # components.tune's trial run tags, repeated so that these queries need no TensorFlow import.
 TRIAL_ID_TAG = "tunepipe.trial_id"
 TRIAL_STATUS_TAG = "tunepipe.trial_status"
 SEARCH_ID_TAG = "tunepipe.search_id"
 OBJECTIVE_TAG = "tunepipe.objective"
+# The tune step's own run: searched, reused (an earlier search's result) or off; and which search it reused.
+TUNING_TAG = "tunepipe.tuning"
+REUSED_FROM_TAG = "tunepipe.tuning.reused_from"
 # Trial params that describe the trial (Hyperband bookkeeping), not the model.
 TRIAL_FACTS = ("trial_id", "bracket", "round", "initial_epoch", "max_epoch", "continued_from")
 PRODUCTION_ALIAS = "production"  # components.push.PRODUCTION_ALIAS, without importing the component
@@ -83,6 +86,7 @@ class RunRow:
     cached_steps: tuple[str, ...]
     failed_step: str | None = None
     error: str | None = None
+    tuning: str | None = None  # searched, reused or off
 
     @property
     def accuracy(self) -> float | None:
@@ -584,7 +588,8 @@ def _run_row(store: Store, pipeline: Any) -> RunRow:
         spans=_spans(source_run.data.tags) if source_run else None, fingerprint=_fingerprint(source_run),
         code_version=params.get("code_version"), objective=objective, best_score=best_score, trials=trials,
         eval_metrics=eval_metrics, blessed=blessed, pushed_version=pushed_version, push_reason=push_reason,
-        cached_steps=cached, failed_step=failed_step, error=error)
+        cached_steps=cached, failed_step=failed_step, error=error,
+        tuning=tune.data.tags.get(TUNING_TAG) if tune is not None else None)
 
 
 # --- tunepipe trials ------------------------------------------------------------------------------
@@ -636,6 +641,9 @@ def trials(run: str, *, tracking_uri: str | None = None, store: Store | None = N
                                 f"{store.uri} produced the tuning artifact it reused")
         if tune.info.run_id != record.info.run_id:
             reused_by = pipeline_id
+        if tune.data.tags.get(REUSED_FROM_TAG):
+            # Retraining reused an earlier search's best hyperparameters: these are that search's trials.
+            tune, reused_by = store.run(tune.data.tags[REUSED_FROM_TAG]), pipeline_id
         trial_runs = [child for child in store.children(tune) if TRIAL_ID_TAG in child.data.tags]
         rows = [_trial_row(child) for child in trial_runs]
         objective = next((child.data.tags[OBJECTIVE_TAG] for child in trial_runs if child.data.tags.get(OBJECTIVE_TAG)),
@@ -958,15 +966,20 @@ class _Tracer:
         When the traced run took ingest from the cache, its own resolve-source is still the one that
         counts: the fingerprint it computed is what made the cached examples valid for it.
         """
-        resolve = self._steps(self.pipeline).get("resolve-source") or self._steps(self.store.parent(ingest)).get(
-            "resolve-source")
+        own = self._steps(self.store.parent(ingest)).get("resolve-source")
+        traced = self._steps(self.pipeline).get("resolve-source")
+        reused = self._steps(self.pipeline).get("ingest")
+        took_it_from_cache = (reused is not None and reused.data.tags.get(CACHED_TAG) == "true"
+                              and set(outputs_of(reused).values()) & set(outputs_of(ingest).values()))
+        resolve = (traced if took_it_from_cache else own) or own or traced
         node = self._source_node(resolve, ingest)
         self.graph.connect(node.id, ingest_node.id, "read")
 
     def _source_node(self, resolve: Any | None, ingest: Any | None) -> Node:
         source = ((resolve.data.params.get("source") if resolve is not None else None)
                   or (ingest.data.params.get("source") if ingest is not None else None) or "?")
-        node_id = f"source:{source}"
+        # One node per source as a run saw it: the same pattern on another day is other data.
+        node_id = f"source:{source}:{_fingerprint(resolve) or ''}"
         node = self.graph.nodes.get(node_id)
         if node is None:
             spans = _spans(resolve.data.tags) if resolve is not None else None
@@ -1122,6 +1135,8 @@ def runs_table(rows: list[RunRow], title: str | None = None):
             best += f" {row.objective}"
         if row.trials == 0:
             best = "tuning off"
+        elif row.tuning == "reused":
+            best += " (reused)"
         pushed = f"v{row.pushed_version}" if row.pushed_version else "no"
         if row.push_reason:
             pushed += f": {row.push_reason}" if row.pushed_version is None else f" ({row.push_reason})"

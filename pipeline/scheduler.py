@@ -1,7 +1,7 @@
 """`tunepipe schedule --local`: retrain on a cron on this machine, in the foreground.
 
 On each tick of the cron the scheduler starts the retraining command (by default
-`tunepipe run --config FILE`) as a subprocess, and never two at once. "At once" is guarded by a
+`tunepipe retrain --config FILE`) as a subprocess, and never two at once. "At once" is guarded by a
 lock, not by the scheduler's memory: an exclusive `flock` on `<output_root>/scheduler.lock`,
 taken by the scheduler and handed to the run (the run inherits the locked file descriptor). The
 kernel releases a flock when the last descriptor of it closes, so
@@ -41,7 +41,7 @@ LOG_FILE = Path("logs", "scheduler.log")
 MAX_SLEEP_SECONDS = 60.0
 # How often a running run is checked for its end, so that its outcome is logged promptly.
 POLL_SECONDS = 1.0
-DEFAULT_COMMAND = "tunepipe run --config {config}"
+DEFAULT_COMMAND = "tunepipe retrain --config {config}"
 
 
 class CronSchedule:

@@ -155,6 +155,22 @@ def test_a_param_given_twice_is_an_error(kfp_server):
     assert kfp_server.requests == []
 
 
+def test_retrain_sets_the_retraining_parameters_of_a_scheduled_run(uploaded):
+    result = tunepipe("schedule", "--host", uploaded.url, "--name", PIPELINE_NAME, "--cron", "0 3 * * *",
+                      "--retrain", "--param", "repeats=2")
+
+    assert result.exit_code == 0, result.output
+    sent = only(uploaded.requests_to("POST", f"{API}/recurringruns")).body
+    assert sent["runtime_config"]["parameters"] == {"repeats": 2, "reuse_hyperparameters": True, "warm_start": True}
+
+
+def test_retrain_contradicted_by_a_param_is_an_error(kfp_server):
+    result = tunepipe("submit", "--host", kfp_server.url, "--name", PIPELINE_NAME, "--retrain",
+                      "--param", "warm_start=false")
+    assert_one_line_error(result, "--retrain sets warm_start=true; --param says otherwise")
+    assert kfp_server.requests == []
+
+
 def test_submitting_a_pipeline_never_uploaded_is_one_line(kfp_server):
     result = tunepipe("submit", "--host", kfp_server.url, "--name", "nope")
     assert_one_line_error(result, f"no pipeline named 'nope' on KFP at {kfp_server.url}: upload it first")

@@ -3,7 +3,9 @@ own saved trials and against what MLflow recorded."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import os
 from pathlib import Path
 
 import keras
@@ -11,7 +13,7 @@ import mlflow
 import pytest
 
 from components import artifacts, model, tune
-from pipeline import config
+from pipeline import config, launcher
 from pipeline.config import TunerConfig
 from pipeline.errors import ConfigError, TunepipeError
 
@@ -215,6 +217,79 @@ def test_tuning_off_gives_the_search_space_defaults(penguin_inputs, tmp_path):
     assert result.best_hyperparameters["units_0"] == 16 and result.best_hyperparameters["num_layers"] == 1
     assert model.read_hyperparameters(tmp_path / "tuning" / tune.BEST_HYPERPARAMETERS) == result.best_hyperparameters
     assert result.trials == () and tune.read_trials_table(tmp_path / "tuning" / tune.TRIALS_TABLE) == []
+
+
+@dataclasses.dataclass
+class TaskArtifact:
+    """What a kfp task hands the launcher for an artifact: a path, a URI and metadata."""
+
+    path: str
+    metadata: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return self.path
+
+
+def run_tune_task(inputs, tmp_path: Path, name: str, tuner: dict, reuse: bool) -> tuple[TaskArtifact, object]:
+    """The tune task as a pipeline runs it, and the MLflow run it recorded."""
+    tuning = TaskArtifact(str(tmp_path / name))
+    launcher.tune(TaskArtifact(str(inputs.examples)), TaskArtifact(str(inputs.transform)), tuner,
+                  str(tmp_path / "work"), reuse, tuning)
+    client = mlflow.MlflowClient()
+    found = client.search_runs([os.environ["MLFLOW_EXPERIMENT_ID"]],
+                               f"tags.`tunepipe.output.tuning.uri` = '{tuning.uri}'")
+    return tuning, found[0]
+
+
+@pytest.fixture
+def step_tracking(mlflow_experiment, monkeypatch):
+    """Tracking as a pipeline step sees it: the store and experiment in the environment."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.get_tracking_uri())
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", mlflow_experiment)
+    return mlflow_experiment
+
+
+def test_retraining_reuses_the_last_search_over_the_same_space(penguin_inputs, step_tracking, tmp_path):
+    options = tiny_config().model_dump(mode="json", exclude_none=True)
+
+    first, first_run = run_tune_task(penguin_inputs, tmp_path, "first", options, reuse=True)
+    second, second_run = run_tune_task(penguin_inputs, tmp_path, "second", options, reuse=True)
+
+    # Nothing to reuse on the first run: it searched, and says why.
+    assert first_run.data.tags["tunepipe.tuning"] == "searched"
+    assert first_run.data.tags["tunepipe.tuning.why"] == "no earlier search over this search space"
+    assert len(trial_runs(step_tracking)) == HYPERBAND_TRIALS
+    # The second reused it: the same hyperparameters, no new trial, and the first search as an input.
+    assert second_run.data.tags["tunepipe.tuning"] == "reused"
+    assert second_run.data.tags["tunepipe.tuning.reused_from"] == first_run.info.run_id
+    assert second.metadata["reused_from"] == first_run.info.run_id
+    assert (model.read_hyperparameters(Path(second.path, tune.BEST_HYPERPARAMETERS))
+            == model.read_hyperparameters(Path(first.path, tune.BEST_HYPERPARAMETERS)))
+    assert len(trial_runs(step_tracking)) == HYPERBAND_TRIALS
+    assert second_run.data.tags["tunepipe.input.tuning.digest"] == first.metadata["digest"]
+    assert second_run.data.metrics["best_score"] == first_run.data.metrics["best_score"]
+    manifest = artifacts.read_manifest(second.path, tune.KIND)
+    assert manifest["reused_from"]["tune_run_id"] == first_run.info.run_id
+
+
+def test_a_changed_search_space_or_an_old_search_is_searched_again(penguin_inputs, step_tracking, tmp_path):
+    options = tiny_config().model_dump(mode="json", exclude_none=True)
+    _, searched = run_tune_task(penguin_inputs, tmp_path, "first", options, reuse=False)
+    assert searched.data.tags["tunepipe.tuning"] == "searched"  # `tunepipe run` always searches
+
+    previous = tune.last_search(step_tracking, tiny_config())
+    assert previous.run_id == searched.info.run_id
+    assert tune.reuse_decision(previous, tiny_config(), now=previous.started + 6.9 * 86400) is None
+    assert tune.reuse_decision(previous, tiny_config(), now=previous.started + 7.5 * 86400) == (
+        f"the last search (run {searched.info.run_id}) is 7.5 days old, more than tuner.retune_after_days=7")
+    assert tune.reuse_decision(previous, tiny_config(retune_after_days=None), now=previous.started + 400 * 86400) is None
+
+    wider = tiny_config(search_space={**TINY_SPACE, "units": {"type": "int", "min": 2, "max": 16}})
+    assert tune.last_search(step_tracking, wider) is None
+    _, again = run_tune_task(penguin_inputs, tmp_path, "wider", wider.model_dump(mode="json", exclude_none=True), reuse=True)
+    assert again.data.tags["tunepipe.tuning"] == "searched"
+    assert again.data.tags["tunepipe.tuning.why"] == "no earlier search over this search space"
 
 
 SEARCH_SPACE_YAML = """

@@ -49,6 +49,7 @@ def test_compiled_tasks_and_edges_are_the_local_dag(tmp_path):
     assert edges == {("resolve-source", "ingest"), ("ingest", "preprocess"), ("ingest", "tune"),
                      ("preprocess", "tune"), ("ingest", "train"), ("preprocess", "train"), ("tune", "train"),
                      ("ingest", "evaluate"), ("train", "evaluate"), ("resolve-baseline", "evaluate"),
+                     ("resolve-baseline", "train"),
                      ("train", "push"), ("evaluate", "push")}
     examples = tasks["preprocess"][0].inputs.artifacts["examples"].task_output_artifact
     assert (examples.producer_task, examples.output_artifact_key) == ("ingest", "examples")

@@ -495,7 +495,7 @@ def test_trials_command_lists_best_first(store):
     result = tunepipe("trials", second.run_id)
     assert result.exit_code == 0, result.output
     assert f"4 trials of tune run {first.steps['tune']}" in result.stdout
-    assert "came from the cache" in result.stdout
+    assert f"pipeline run {second.run_id} reused this search's result" in " ".join(result.stdout.split())
     positions = [result.stdout.index(f" {trial_id} ") for trial_id in ("0002", "0001", "0000", "0003")]
     assert positions == sorted(positions)
 

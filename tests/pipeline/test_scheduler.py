@@ -280,12 +280,12 @@ def test_a_bad_cron_is_refused_before_anything_runs(cron, message):
         scheduler.CronSchedule(cron)
 
 
-def test_the_default_command_is_tunepipe_run_and_can_be_replaced():
-    assert scheduler.command_for("my pipeline.yaml") == [sys.executable, "-m", "pipeline", "run", "--config",
+def test_the_default_command_is_tunepipe_retrain_and_can_be_replaced():
+    assert scheduler.command_for("my pipeline.yaml") == [sys.executable, "-m", "pipeline", "retrain", "--config",
                                                          "my pipeline.yaml"]
-    assert scheduler.describe_command(scheduler.command_for("p.yaml")) == "tunepipe run --config p.yaml"
-    assert scheduler.command_for("p.yaml", "tunepipe retrain --config {config} --retune-every 7") == [
-        sys.executable, "-m", "pipeline", "retrain", "--config", "p.yaml", "--retune-every", "7"]
+    assert scheduler.describe_command(scheduler.command_for("p.yaml")) == "tunepipe retrain --config p.yaml"
+    assert scheduler.command_for("p.yaml", "tunepipe retrain --config {config} --retune") == [
+        sys.executable, "-m", "pipeline", "retrain", "--config", "p.yaml", "--retune"]
     with pytest.raises(TunepipeError, match="cannot be split into words"):
         scheduler.command_for("p.yaml", "run 'unterminated")
 
