@@ -583,3 +583,41 @@ def test_the_tracking_server_runs_on_postgres_and_the_tunepipe_image(build):
                         "localhost:5000"):
         assert any(fnmatch.fnmatch(host_header, pattern) if "*" in pattern else host_header == pattern
                    for pattern in allowed), f"MLflow would reject requests with Host: {host_header}"
+
+
+def documented_volumes_config() -> pipeline_config.PipelineConfig:
+    """The `kubeflow.volumes` example of docs/kubeflow.md, validated as a config of the bundled data."""
+    blocks = re.findall(r"```yaml\n(.*?)```", DOCS.read_text(), flags=re.S)
+    (block,) = [yaml.safe_load(block) for block in blocks if "volumes:" in block]
+    return pipeline_config.from_dict({**block, "data": {"source": "/app/data/penguins/penguins.csv",
+                                                         "label": "species"}}, "docs/kubeflow.md")
+
+
+@pytest.mark.parametrize("build", BUILDS, ids=build_id)
+def test_the_documented_volumes_are_the_claims_of_the_manifests(build):
+    """What docs/kubeflow.md tells users to put in `kubeflow.volumes` names the claims the manifests
+    create: the serving one is what TF Serving reads SERVING_DIR from, and the CronJob's runs keep
+    their paths on the volumes the pipeline mounts."""
+    documents = rendered(build)
+    volumes = documented_volumes_config().kubeflow.volumes
+    assert volumes.serving and volumes.work, "the docs' example configures both volumes"
+    for volume in (volumes.serving, volumes.work):
+        the(documents, "PersistentVolumeClaim", volume.pvc)
+
+    pod = the(documents, "Deployment", "tf-serving")["spec"]["template"]["spec"]
+    server = next(container for container in pod["containers"] if container["image"].startswith("tensorflow/serving:"))
+    claim_of_volume = {volume["name"]: volume["persistentVolumeClaim"]["claimName"]
+                       for volume in pod["volumes"] if "persistentVolumeClaim" in volume}
+    mounted = {(claim_of_volume.get(mount["name"]), mount["mountPath"]) for mount in server["volumeMounts"]}
+    assert (volumes.serving.pvc, volumes.serving.mount_path) in mounted, \
+        "TF Serving mounts another claim, or at another path, than the pipeline's serving volume"
+    serving_dir = container_env(server, documents)["SERVING_DIR"]
+    assert pipeline_config.VolumeMount.holds(volumes.serving.mount_path, serving_dir)
+
+    (container,) = all_containers(the(documents, "CronJob"))
+    words = submit_command(container, container_env(container, documents))
+    params = dict(words[index + 1].split("=", 1) for index, word in enumerate(words) if word == "--param")
+    for name, volume in (("serving_dir", volumes.serving), ("work_root", volumes.work)):
+        if name in params:
+            assert pipeline_config.VolumeMount.holds(volume.mount_path, params[name]), \
+                f"the CronJob's --param {name}={params[name]} is not on the volume mounted at {volume.mount_path}"

@@ -92,3 +92,81 @@ def test_beam_options_become_pipeline_arguments():
                                                     "save_main_session": True, "experiments": ["a", "b"]}}})
     assert loaded.beam.pipeline_args() == ["--runner=FlinkRunner", "--flink_master=host:8081", "--parallelism=4",
                                            "--save_main_session", "--experiments=a", "--experiments=b"]
+
+
+def with_volumes(volumes: dict, **top_level) -> dict:
+    return {"data": {"source": "a.csv", "label": "y"}, "kubeflow": {"volumes": volumes}, **top_level}
+
+
+SERVING = {"pvc": "tunepipe-serving", "mount_path": "/models"}
+WORK = {"pvc": "tunepipe-work", "mount_path": "/tunepipe"}
+
+
+def test_volumes_default_to_none():
+    volumes = config.from_dict({"data": {"source": "a.csv", "label": "y"}}).kubeflow.volumes
+    assert (volumes.serving, volumes.work) == (None, None)
+
+
+def test_volumes_with_the_paths_on_them_load():
+    loaded = config.from_dict(with_volumes({"serving": {**SERVING, "mount_path": "/models/"}, "work": WORK},
+                                           serving_dir="/models/penguins-serving", output_root="/tunepipe"))
+    assert loaded.kubeflow.volumes.serving == config.VolumeMount(pvc="tunepipe-serving", mount_path="/models")
+    assert loaded.kubeflow.volumes.work.mount_path == "/tunepipe"
+
+
+def test_paths_on_object_storage_need_no_volume():
+    config.from_dict(with_volumes({"serving": SERVING, "work": WORK},
+                                  serving_dir="gs://bucket/serving", output_root="gs://bucket/tunepipe"))
+
+
+@pytest.mark.parametrize("volume, message", [
+    ({"pvc": "", "mount_path": "/models"}, r"kubeflow\.volumes\.serving\.pvc: must be the name of a PersistentVolumeClaim"),
+    ({"pvc": "Models_PVC", "mount_path": "/models"}, r"kubeflow\.volumes\.serving\.pvc: .*lowercase.*'Models_PVC'"),
+    ({"pvc": "models", "mount_path": "models"}, r"kubeflow\.volumes\.serving\.mount_path: must be an absolute path"),
+    ({"pvc": "models", "mount_path": "/"}, r"kubeflow\.volumes\.serving\.mount_path: cannot be / or inside /app"),
+    ({"pvc": "models", "mount_path": "/app/models"}, r"mount_path: cannot be / or inside /app.*'/app/models'"),
+    ({"pvc": "models", "mount_path": "/minio"}, r"mount_path: cannot be / or inside"),
+    ({"pvc": "models"}, r"kubeflow\.volumes\.serving\.mount_path: required key is missing"),
+    ({"pvc": "models", "mountPath": "/models"},
+     r"kubeflow\.volumes\.serving: unknown key 'mountPath' \(did you mean 'mount_path'\? allowed: mount_path, pvc\)"),
+])
+def test_a_bad_volume_names_the_key(volume, message):
+    with pytest.raises(ConfigError, match=message):
+        config.from_dict(with_volumes({"serving": volume}, serving_dir="/models"))
+
+
+def test_an_unknown_volume_lists_the_known_ones():
+    with pytest.raises(ConfigError, match=r"kubeflow\.volumes\.models: unknown key .*allowed: serving, work"):
+        config.from_dict(with_volumes({"models": SERVING}))
+
+
+def test_a_serving_dir_off_the_serving_volume_names_both_keys(tmp_path):
+    path = write(tmp_path, "data: {source: a.csv, label: y}\nserving_dir: /srv/models\n"
+                           "kubeflow:\n  volumes:\n    serving: {pvc: tunepipe-serving, mount_path: /models}\n")
+    with pytest.raises(ConfigError) as error:
+        config.load(path)
+    message = str(error.value)
+    assert str(path) in message and "\n" not in message
+    assert "serving_dir /srv/models is not under kubeflow.volumes.serving.mount_path /models" in message
+    # A sibling folder that merely starts with the same letters is not on the volume.
+    with pytest.raises(ConfigError, match="serving_dir /models-old is not under"):
+        config.from_dict(with_volumes({"serving": SERVING}, serving_dir="/models-old"))
+
+
+def test_an_unset_serving_dir_defaults_off_the_serving_volume(tmp_path):
+    import os
+    import re
+
+    # <output_root>/serving, made absolute as the pipeline's parameter is, is not under /models.
+    with pytest.raises(ConfigError, match=r"serving_dir is not set, so the serving directory is <output_root>/serving, "
+                                          rf"{re.escape(os.path.realpath(tmp_path))}/out/serving, which is not under "
+                                          r"kubeflow\.volumes\.serving"):
+        config.from_dict(with_volumes({"serving": SERVING}, output_root=str(tmp_path / "out")))
+
+
+def test_an_output_root_off_the_work_volume_names_both_keys():
+    with pytest.raises(ConfigError, match=r"output_root /data/tunepipe puts tune's work_root \(<output_root>/work\) "
+                                          r"outside kubeflow\.volumes\.work\.mount_path /tunepipe"):
+        config.from_dict(with_volumes({"work": WORK}, output_root="/data/tunepipe"))
+    # Without a work volume, the output root may be anywhere.
+    config.from_dict(with_volumes({"serving": SERVING}, serving_dir="/models", output_root="/data/tunepipe"))

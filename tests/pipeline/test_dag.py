@@ -130,3 +130,78 @@ def test_unknown_step_in_the_kubeflow_section_is_refused(tmp_path):
 
     with pytest.raises(ConfigError, match=r"kubeflow\.retries: unknown step tuning \(steps: default, resolve-source"):
         config.from_dict({"data": {"source": "a.csv", "label": "y"}, "kubeflow": {"retries": {"tuning": 2}}})
+
+
+VOLUMES = """
+output_root: /tunepipe
+serving_dir: /models
+kubeflow:
+  volumes:
+    serving: {pvc: tunepipe-serving, mount_path: /models}
+    work: {pvc: tunepipe-work, mount_path: /tunepipe}
+"""
+
+
+def compiled_documents(tmp_path, extra_config: str) -> list[dict]:
+    """The YAML documents `tunepipe compile` writes for the penguins config plus `extra_config`:
+    the pipeline spec, then the platform spec when there is one."""
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(PENGUINS_CONFIG.read_text().replace(
+        "source: penguins.csv", f"source: {PENGUINS_CONFIG.parent / 'penguins.csv'}") + extra_config)
+    out = tmp_path / "pipeline-out.yaml"
+    result = CliRunner().invoke(main, ["compile", "--config", str(config_file), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    return list(yaml.safe_load_all(out.read_text()))
+
+
+def pvc_mounts_by_step(documents: list[dict]) -> dict[str, list[tuple[str, str]]]:
+    """(PVC name, mount path) of every step that mounts one, from the Kubernetes platform spec."""
+    spec = pipeline_spec_pb2.PipelineSpec()
+    json_format.ParseDict(documents[0], spec)
+    step_of_executor = {spec.components[task.component_ref.name].executor_label: name
+                        for name, task in all_tasks(spec).items()}
+    executors = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return {step_of_executor[label]: [(mount["pvcNameParameter"]["runtimeValue"]["constant"], mount["mountPath"])
+                                      for mount in executor.get("pvcMount", [])]
+            for label, executor in executors.items() if executor.get("pvcMount")}
+
+
+def test_configured_volumes_are_mounted_into_the_steps_that_keep_files(tmp_path):
+    documents = compiled_documents(tmp_path, VOLUMES)
+    serving = [("tunepipe-serving", "/models")]
+    # push writes the serving directory, resolve-baseline looks in it, and train (warm start) and
+    # evaluate (the baseline) read the served model it found; tune keeps Keras Tuner's state in work_root.
+    assert pvc_mounts_by_step(documents) == {"resolve-baseline": serving, "train": serving, "evaluate": serving,
+                                             "push": serving, "tune": [("tunepipe-work", "/tunepipe")]}
+    # The parameters' defaults are on those volumes, so a run needs no --param to find them.
+    parameters = documents[0]["root"]["inputDefinitions"]["parameters"]
+    assert parameters["serving_dir"]["defaultValue"] == "/models"
+    assert parameters["work_root"]["defaultValue"] == "/tunepipe/work"
+
+
+def test_one_volume_mounts_only_its_steps(tmp_path):
+    documents = compiled_documents(tmp_path, """
+kubeflow:
+  volumes:
+    work: {pvc: scratch, mount_path: /scratch}
+output_root: /scratch/tunepipe
+""")
+    assert pvc_mounts_by_step(documents) == {"tune": [("scratch", "/scratch")]}
+
+
+def test_without_volumes_there_is_no_kubernetes_platform_spec(tmp_path):
+    documents = compiled_documents(tmp_path, "")
+    assert len(documents) == 1, "a second document is a platform spec"
+    assert "platforms" not in documents[0]
+
+
+def test_a_serving_dir_off_the_serving_volume_is_one_line_and_no_package(tmp_path):
+    config_file = tmp_path / "pipeline.yaml"
+    config_file.write_text(PENGUINS_CONFIG.read_text() + VOLUMES.replace("serving_dir: /models",
+                                                                         "serving_dir: /srv/models"))
+    out = tmp_path / "pipeline-out.yaml"
+    result = CliRunner().invoke(main, ["compile", "--config", str(config_file), "-o", str(out)])
+    assert result.exit_code == 1
+    assert "serving_dir /srv/models is not under kubeflow.volumes.serving.mount_path /models" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
