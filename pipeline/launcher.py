@@ -139,8 +139,6 @@ def tune(examples: Any, transform: Any, options: dict[str, Any], work_root: str,
     unless it is older than `tuner.retune_after_days`."""
     _quiet_libraries()
     with user_errors("tune"):
-        import json as json_module
-
         from components import tune as tune_step
         from pipeline import config, lineage
 
@@ -159,26 +157,28 @@ def tune(examples: Any, transform: Any, options: dict[str, Any], work_root: str,
                     why = "no tracking store to find an earlier search in"
                 print(f"tune: searching: {why}" if why else
                       f"tune: reusing the best hyperparameters of search run {previous.run_id}")
-            tags = {tune_step.TAG_SEARCH_SPACE: tune_step.search_space_digest(tuner_config)}
-            if reuse_hyperparameters and why is None:
+            reused = reuse_hyperparameters and why is None
+            if reused:
                 result = tune_step.reuse(previous, examples.path, transform.path, tuning.path, tuner_config)
                 record.inputs({"tuning": (previous.tuning_uri, previous.tuning_digest)})
-                tags.update({tune_step.TAG_TUNING: tune_step.REUSED, tune_step.TAG_REUSED_FROM: previous.run_id})
+                how = tune_step.REUSED
             else:
                 result = tune_step.run(examples.path, transform.path, tuning.path, tuner_config, work_dir=work_dir)
-                tags[tune_step.TAG_TUNING] = tune_step.SEARCHED if tuner_config.enabled else tune_step.OFF
-                if why:
-                    tags["tunepipe.tuning.why"] = why
-            tags[tune_step.TAG_BEST_HYPERPARAMETERS] = json_module.dumps(result.best_hyperparameters, sort_keys=True)
+                how = tune_step.SEARCHED if tuner_config.enabled else tune_step.OFF
+            tags = {tune_step.TAG_TUNING: how,
+                    tune_step.TAG_SEARCH_SPACE: tune_step.search_space_digest(tuner_config),
+                    tune_step.TAG_BEST_HYPERPARAMETERS: json.dumps(result.best_hyperparameters, sort_keys=True)}
+            if reused:
+                tags[tune_step.TAG_REUSED_FROM] = previous.run_id
+            elif why:
+                tags["tunepipe.tuning.why"] = why
             if result.best_trial_id:
                 tags["tunepipe.best_trial_id"] = result.best_trial_id
-            facts = {"best_score": result.best_score}
-            if tags[tune_step.TAG_TUNING] != tune_step.REUSED:
-                facts["trials"] = len(result.trials)
+            facts = {"best_score": result.best_score} if reused else {
+                "best_score": result.best_score, "trials": len(result.trials)}
             tuning.metadata.update({"digest": result.digest, "best_trial_id": result.best_trial_id or "",
-                                    "objective": result.objective, "tuning": tags[tune_step.TAG_TUNING],
-                                    **({"reused_from": previous.run_id} if tags[tune_step.TAG_TUNING] == "reused"
-                                       else {}),
+                                    "objective": result.objective, "tuning": how,
+                                    **({"reused_from": previous.run_id} if reused else {}),
                                     **{key: value for key, value in facts.items() if value is not None}})
             record.output("tuning", tuning.uri, result.digest)
             record.tags(tags)
