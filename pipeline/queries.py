@@ -54,6 +54,8 @@ REUSED_FROM_TAG = "tunepipe.tuning.reused_from"
 TRIAL_FACTS = ("trial_id", "bracket", "round", "initial_epoch", "max_epoch", "continued_from")
 PRODUCTION_ALIAS = "production"  # components.push.PRODUCTION_ALIAS, without importing the component
 ARTIFACT_NAMES = ("examples", "transform", "tuning", "model", "evaluation")
+# Step inputs that are a served model version rather than an artifact a step produced.
+SERVED_INPUTS = ("baseline", "warm_start")
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 _MODEL_VERSION = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9][\w.-]*)(?::|/)(?P<version>\d+)$")
@@ -414,6 +416,10 @@ class Store:
 
     def versions(self, name: str) -> list[Any]:
         return list(self.client.search_model_versions(f"name = {_quote(name)}"))
+
+    def versions_with_digest(self, digest: str) -> list[Any]:
+        """The registered versions of a served model, by the digest `components.push` tags them with."""
+        return list(self.client.search_model_versions(f"tags.digest = {_quote(digest)}"))
 
     def aliases(self, version: Any) -> list[str]:
         aliases = list(getattr(version, "aliases", None) or [])
@@ -905,7 +911,12 @@ class _Tracer:
         for name, (uri, digest) in inputs_of(run).items():
             artifact = self._artifact_node(name, uri, digest, None)
             self.graph.connect(artifact.id, node.id, name)
-            if digest and name != "baseline":
+            if digest and name in SERVED_INPUTS:
+                # A model in production (evaluate's baseline, train's warm start): the registered
+                # version it is, not the whole lineage behind it.
+                for version in self.store.versions_with_digest(digest):
+                    self.graph.connect(self._version_node(version).id, artifact.id, "served")
+            elif digest:
                 upstream = self.store.producer(name, digest, run.info.experiment_id, prefer=self._prefer(run),
                                                before=run.info.start_time)
                 if upstream is not None:

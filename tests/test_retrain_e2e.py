@@ -109,8 +109,12 @@ def test_three_days_of_retraining_reuse_tuning_push_better_and_refuse_worse(tmp_
     searched = f"step:{runs1['tune'].info.run_id}"
     assert {"source": searched, "target": best_trial["id"]} in [
         {"source": edge["source"], "target": edge["target"]} for edge in graph["edges"]]
-    (version,) = [node for node in nodes.values() if node["kind"] == "model"]
-    assert version["label"] == "penguins v2" and version["target"]
+    # Version 2 is the target; version 1, in production that day, is what evaluate compared with
+    # and what train warm-started from.
+    versions = {node["label"]: node for node in nodes.values() if node["kind"] == "model"}
+    assert set(versions) == {"penguins v1", "penguins v2"} and versions["penguins v2"]["target"]
+    served = {nodes[edge["target"]]["label"] for edge in graph["edges"] if edge["source"] == versions["penguins v1"]["id"]}
+    assert served == {"baseline", "warm_start"}
 
     mermaid = tunepipe("lineage", "penguins:2", "--config", str(config), "--format", "mermaid", cwd=tmp_path)
     assert mermaid.returncode == 0 and mermaid.stdout.startswith("flowchart LR")
