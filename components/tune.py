@@ -39,6 +39,7 @@ from typing import Any
 
 from components import artifacts, ingest, model
 from components.preprocess import Transform
+from pipeline import lineage
 from pipeline.config import TunerConfig
 from pipeline.errors import TunepipeError
 
@@ -61,13 +62,6 @@ INVALID = "invalid"
 INTERRUPTED = "interrupted"
 FINAL_STATUSES = (COMPLETED, FAILED, INVALID)
 
-# On the tune step's own run: whether it searched or reused, over which search space, and its result,
-# so that a later run can reuse the result without the artifact store (see `last_search`).
-TAG_TUNING = "tunepipe.tuning"  # searched, reused or off
-TAG_SEARCH_SPACE = "tunepipe.search_space"
-TAG_BEST_HYPERPARAMETERS = "tunepipe.best_hyperparameters"
-TAG_REUSED_FROM = "tunepipe.tuning.reused_from"
-SEARCHED, REUSED, OFF = "searched", "reused", "off"
 TAG_SEARCH_ID = "tunepipe.search_id"
 TAG_TRIAL_ID = "tunepipe.trial_id"
 TAG_STATUS = "tunepipe.trial_status"
@@ -136,18 +130,20 @@ def last_search(experiment_id: str, config: TunerConfig) -> PreviousSearch | Non
     """The newest finished search over the same search space in `experiment_id` (the pipeline's)."""
     from mlflow import MlflowClient
 
-    query = (f"tags.`tunepipe.step` = 'tune' and tags.`{TAG_TUNING}` = '{SEARCHED}' "
-             f"and tags.`{TAG_SEARCH_SPACE}` = '{search_space_digest(config)}' and attributes.status = 'FINISHED'")
+    query = (f"tags.`{lineage.STEP_TAG}` = 'tune' and tags.`{lineage.TUNING_TAG}` = '{lineage.SEARCHED}' "
+             f"and tags.`{lineage.SEARCH_SPACE_TAG}` = '{search_space_digest(config)}' "
+             "and attributes.status = 'FINISHED'")
     for run in MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"],
                                           max_results=5):
         tags, metrics = run.data.tags, run.data.metrics
         try:
-            best = json.loads(tags[TAG_BEST_HYPERPARAMETERS])
+            best = json.loads(tags[lineage.BEST_HYPERPARAMETERS_TAG])
         except (KeyError, ValueError):
             continue  # cut short by MLflow's tag limit, or written by hand: not reusable
         return PreviousSearch(run.info.run_id, tags.get(_PARENT_RUN_TAG), run.info.start_time / 1000, best,
-                              tags.get("tunepipe.best_trial_id") or None, metrics.get("best_score"),
-                              tags.get("tunepipe.output.tuning.uri", ""), tags.get("tunepipe.output.tuning.digest", ""))
+                              tags.get(lineage.BEST_TRIAL_TAG) or None, metrics.get("best_score"),
+                              tags.get(lineage.output_tag("tuning", "uri"), ""),
+                              tags.get(lineage.output_tag("tuning", "digest"), ""))
     return None
 
 

@@ -161,19 +161,19 @@ def tune(examples: Any, transform: Any, options: dict[str, Any], work_root: str,
             if reused:
                 result = tune_step.reuse(previous, examples.path, transform.path, tuning.path, tuner_config)
                 record.inputs({"tuning": (previous.tuning_uri, previous.tuning_digest)})
-                how = tune_step.REUSED
+                how = lineage.REUSED
             else:
                 result = tune_step.run(examples.path, transform.path, tuning.path, tuner_config, work_dir=work_dir)
-                how = tune_step.SEARCHED if tuner_config.enabled else tune_step.OFF
-            tags = {tune_step.TAG_TUNING: how,
-                    tune_step.TAG_SEARCH_SPACE: tune_step.search_space_digest(tuner_config),
-                    tune_step.TAG_BEST_HYPERPARAMETERS: json.dumps(result.best_hyperparameters, sort_keys=True)}
+                how = lineage.SEARCHED if tuner_config.enabled else lineage.OFF
+            tags = {lineage.TUNING_TAG: how,
+                    lineage.SEARCH_SPACE_TAG: tune_step.search_space_digest(tuner_config),
+                    lineage.BEST_HYPERPARAMETERS_TAG: json.dumps(result.best_hyperparameters, sort_keys=True)}
             if reused:
-                tags[tune_step.TAG_REUSED_FROM] = previous.run_id
+                tags[lineage.REUSED_FROM_TAG] = previous.run_id
             elif why:
-                tags["tunepipe.tuning.why"] = why
+                tags[lineage.TUNING_WHY_TAG] = why
             if result.best_trial_id:
-                tags["tunepipe.best_trial_id"] = result.best_trial_id
+                tags[lineage.BEST_TRIAL_TAG] = result.best_trial_id
             facts = {"best_score": result.best_score} if reused else {
                 "best_score": result.best_score, "trials": len(result.trials)}
             tuning.metadata.update({"digest": result.digest, "best_trial_id": result.best_trial_id or "",

@@ -26,6 +26,20 @@ STEP_TAG = "tunepipe.step"
 CACHED_TAG = "tunepipe.cached"
 OUTPUT_TAG = "tunepipe.output"
 SPANS_TAG = "tunepipe.spans"  # the data spans a run read, comma-separated, oldest first
+# The tune step's own run: written by pipeline.launcher.tune, read by components.tune.last_search
+# (to reuse a search) and pipeline.queries.
+TUNING_TAG = "tunepipe.tuning"
+SEARCHED, REUSED, OFF = "searched", "reused", "off"  # the values of TUNING_TAG
+TUNING_WHY_TAG = "tunepipe.tuning.why"  # why a run that could reuse searched anyway
+REUSED_FROM_TAG = "tunepipe.tuning.reused_from"  # the tune run whose search was reused
+SEARCH_SPACE_TAG = "tunepipe.search_space"
+BEST_HYPERPARAMETERS_TAG = "tunepipe.best_hyperparameters"
+BEST_TRIAL_TAG = "tunepipe.best_trial_id"
+
+
+def output_tag(name: str, field: str) -> str:
+    """The tag holding an output artifact's `uri` or `digest`."""
+    return f"{OUTPUT_TAG}.{name}.{field}"
 
 
 def tracking_uri(output_root: str, configured: str | None = None) -> str:
@@ -95,7 +109,7 @@ class StepRecorder:
 
     def output(self, name: str, uri: str, digest: str) -> None:
         if self._mlflow:
-            self._mlflow.set_tags({f"{OUTPUT_TAG}.{name}.uri": uri, f"{OUTPUT_TAG}.{name}.digest": digest})
+            self._mlflow.set_tags({output_tag(name, "uri"): uri, output_tag(name, "digest"): digest})
 
     def metrics(self, values: dict[str, float]) -> None:
         if self._mlflow:

@@ -47,9 +47,8 @@ TRIAL_ID_TAG = "tunepipe.trial_id"
 TRIAL_STATUS_TAG = "tunepipe.trial_status"
 SEARCH_ID_TAG = "tunepipe.search_id"
 OBJECTIVE_TAG = "tunepipe.objective"
-# The tune step's own run: searched, reused (an earlier search's result) or off; and which search it reused.
-TUNING_TAG = "tunepipe.tuning"
-REUSED_FROM_TAG = "tunepipe.tuning.reused_from"
+TUNING_TAG = lineage_schema.TUNING_TAG
+REUSED_FROM_TAG = lineage_schema.REUSED_FROM_TAG
 # Trial params that describe the trial (Hyperband bookkeeping), not the model.
 TRIAL_FACTS = ("trial_id", "bracket", "round", "initial_epoch", "max_epoch", "continued_from")
 PRODUCTION_ALIAS = "production"  # components.push.PRODUCTION_ALIAS, without importing the component
@@ -1146,7 +1145,7 @@ def runs_table(rows: list[RunRow], title: str | None = None):
             best += f" {row.objective}"
         if row.trials == 0:
             best = "tuning off"
-        elif row.tuning == "reused":
+        elif row.tuning == lineage_schema.REUSED:
             best += " (reused)"
         pushed = f"v{row.pushed_version}" if row.pushed_version else "no"
         if row.push_reason:
