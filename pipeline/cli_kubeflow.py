@@ -43,16 +43,11 @@ _kfp_options = stacked(
 RETRAIN_PARAMS = {"reuse_hyperparameters": True, "warm_start": True}
 
 
-def _collect_retrain(ctx: click.Context, _, retrain: bool) -> bool:
-    ctx.meta["tunepipe.retrain"] = retrain
-    return retrain
-
-
 def _param_option(function):
     function = click.option("--param", "params", multiple=True, metavar="NAME=VALUE",
                             help="Pipeline parameter; VALUE is read as JSON when it parses (3, true, [1,2]), "
                                  "else as a string. Repeatable.")(function)
-    return click.option("--retrain", is_flag=True, expose_value=False, callback=_collect_retrain,
+    return click.option("--retrain", is_flag=True,
                         help="Retrain: reuse the last search's hyperparameters (unless older than "
                              "tuner.retune_after_days) and warm-start from the production model; the same as "
                              + " ".join(f"--param {name}=true" for name in RETRAIN_PARAMS) + ".")(function)
@@ -72,11 +67,9 @@ def _connect(host: str | None, namespace: str | None, token_env: str | None) -> 
     return kfp_client.connect(host, namespace=namespace)
 
 
-def parse_params(params: tuple[str, ...]) -> dict[str, Any]:
+def parse_params(params: tuple[str, ...], retrain: bool = False) -> dict[str, Any]:
     """`NAME=VALUE` pairs as pipeline arguments: JSON values where they parse, strings otherwise;
-    with `--retrain`, the retraining parameters too."""
-    context = click.get_current_context(silent=True)
-    retrain = bool(context and context.meta.get("tunepipe.retrain"))
+    with `retrain`, the retraining parameters too."""
     arguments: dict[str, Any] = {}
     for param in params:
         name, equals, text = param.partition("=")
@@ -145,11 +138,11 @@ def upload(host, namespace, token_env, name, version, description, package):
               help="Experiment to file the run under; created if missing.")
 @_param_option
 @click.option("--run-name", help="Run name [default: <name>-<UTC timestamp>].")
-def submit(host, namespace, token_env, name, version, experiment, params, run_name):
+def submit(host, namespace, token_env, name, version, experiment, params, retrain, run_name):
     """Start a run of an uploaded pipeline on Kubeflow Pipelines."""
     from pipeline import kfp_client
 
-    arguments = parse_params(params)
+    arguments = parse_params(params, retrain)
     client = _connect(host, namespace, token_env)
     run = kfp_client.submit(client, name, experiment=experiment, params=arguments, run_name=run_name, version=version)
     click.echo(f"started run {run.run_name!r} (id {run.run_id}) of pipeline {run.pipeline_name!r} "
@@ -182,8 +175,8 @@ def submit(host, namespace, token_env, name, version, experiment, params, run_na
               help="With --local: the command each tick runs; {config} is the config file "
                    "[default: 'tunepipe retrain --config {config}'].")
 @click.pass_context
-def schedule(ctx, host, namespace, token_env, name, cron, job_name, experiment, params, max_concurrency, catchup,
-             list_them, delete_job, local, config_file, max_runs, command_template):
+def schedule(ctx, host, namespace, token_env, name, cron, job_name, experiment, params, retrain, max_concurrency,
+             catchup, list_them, delete_job, local, config_file, max_runs, command_template):
     """Schedule a pipeline to run on a cron on Kubeflow Pipelines (a KFP recurring run), or with
     --local on this machine.
 
@@ -208,7 +201,7 @@ def schedule(ctx, host, namespace, token_env, name, cron, job_name, experiment, 
         _delete_kubeflow_schedule(host, namespace, token_env, delete_job)
     else:
         _schedule_on_kubeflow(host, namespace, token_env, name, cron, job_name or f"{name}-schedule", experiment,
-                              parse_params(params), max_concurrency, catchup)
+                              parse_params(params, retrain), max_concurrency, catchup)
 
 
 def _schedule_action(name: str | None, cron: str | None, list_them: bool, delete_job: str | None) -> str:
