@@ -52,13 +52,15 @@ class SpanPattern:
                              f"a date span needs {', '.join(DATE_PARTS)}")
         self.dated = bool(dated)
         self.has_spans = bool(found)
+        self._regex = self._path_regex()
 
     @property
     def glob(self) -> str:
         """The pattern that lists every span's files."""
         return _PLACEHOLDER.sub("*", self.source)
 
-    def _regex(self) -> re.Pattern[str]:
+    def _path_regex(self) -> re.Pattern[str]:
+        """The source as a regex over listed paths, with a group for each placeholder."""
         pieces = []
         for piece in re.split(r"(\{[^{}/]*\}|\*\*|\*|\?)", self.source):
             if piece in _GROUPS:
@@ -76,7 +78,7 @@ class SpanPattern:
     def span_of(self, path: str) -> Span | None:
         """The span a listed path belongs to; None for a path that only the glob matches
         (e.g. `data/spans/latest/` where a number belongs)."""
-        match = self._regex().fullmatch(path) or self._regex().search(path)
+        match = self._regex.search(path)
         if match is None:
             return None
         if not self.dated:
