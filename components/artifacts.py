@@ -17,10 +17,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import DataError
+from components.errors import DataError
 
 MANIFEST = "_manifest.json"
 SCHEMA_VERSION = 1
+
+# The kinds of artifact the steps write (a manifest's `kind`), which are also their names in the
+# pipeline: the DAG's outputs, the lineage tags and the step registry use these.
+EXAMPLES = "examples"
+TRANSFORM = "transform"
+TUNING = "tuning"
+MODEL = "model"
+EVALUATION = "evaluation"
 
 
 def digest_tree(root: str | os.PathLike[str]) -> str:

@@ -10,7 +10,7 @@ import sys
 import click
 
 from pipeline.cli_options import stacked
-from pipeline.errors import TunepipeError
+from components.errors import TunepipeError
 
 
 class _Group(click.Group):
@@ -73,13 +73,14 @@ def _run_locally(cfg, no_cache: bool, force_push: bool, reuse_hyperparameters: b
                  warm_start: bool = False) -> None:
     from rich.console import Console
 
-    from components import ingest
+    from components import source
+    from components.ingest.infer import infer_schema
     from pipeline import local_run, version
 
     console = Console(stderr=True, soft_wrap=True)
     # Check what is cheap to check before any step starts: the files exist and have the label.
-    resolved = ingest.resolve_source(cfg.data.source, cfg.data.span_window)
-    ingest.infer_schema(resolved.files, cfg.data)
+    resolved = source.resolve(cfg.data.source, cfg.data.span_window)
+    infer_schema(resolved.files, cfg.data)
     spans = f" (span{'s' if len(resolved.spans) > 1 else ''} {', '.join(resolved.spans)})" if resolved.spans else ""
     retraining = reuse_hyperparameters or warm_start
     console.print(f"tunepipe: {'retraining' if retraining else 'pipeline'} [bold]{cfg.name}[/bold]: "
@@ -120,13 +121,13 @@ def compile_pipeline(config_file, data, label, output_root, runner, image, outpu
     """Compile the pipeline to a KFP v2 package (YAML) for Kubeflow Pipelines."""
     from kfp import compiler
 
-    from pipeline import dag, version
+    from pipeline import dag, steps, version
 
     cfg = _load_config(config_file, data, label, output_root, runner)
     pipeline_function = dag.create_pipeline(cfg, image=image or dag.DEFAULT_IMAGE,
                                              code_version=version.code_version())
     compiler.Compiler().compile(pipeline_function, package_path=output)
-    click.echo(f"compiled pipeline {cfg.name!r} ({len(dag.STEPS)} steps) to {output}")
+    click.echo(f"compiled pipeline {cfg.name!r} ({len(steps.NAMES)} steps) to {output}")
 
 
 def _register_commands() -> None:

@@ -20,7 +20,7 @@ import click
 import yaml
 
 from pipeline.cli_options import stacked
-from pipeline.errors import TunepipeError
+from components.errors import TunepipeError
 
 DEFAULT_PACKAGE = "pipeline.yaml"
 # kfp_client.DEFAULT_EXPERIMENT, repeated so that building the options needs no kfp import.

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import click
 
 from pipeline.cli_options import stacked
-from pipeline.errors import TunepipeError
+from components.errors import TunepipeError
 
 # A query that cannot reach the tracking server should say so in seconds, not after MLflow's
 # default of 7 retries with exponential backoff (minutes).
@@ -36,22 +36,22 @@ _store_options = stacked(
 
 def _where(config_file: str | None, tracking_uri: str | None) -> tuple[str, str | None]:
     """The tracking URI to read, and the experiment the config names (if a config is given)."""
-    from pipeline import config, lineage
+    from pipeline import config, tracking
 
     if config_file:
         cfg = config.load(config_file)
-        return tracking_uri or lineage.tracking_uri(cfg.output_root, cfg.tracking_uri), cfg.name
+        return tracking_uri or tracking.tracking_uri(cfg.output_root, cfg.tracking_uri), cfg.name
     if tracking_uri:
         return tracking_uri, None
-    return lineage.tracking_uri("tunepipe-out"), None
+    return tracking.tracking_uri("tunepipe-out"), None
 
 
 @contextlib.contextmanager
 def _store(config_file: str | None, tracking_uri: str | None) -> Iterator[tuple[object, str | None]]:
     uri, experiment = _where(config_file, tracking_uri)
-    from pipeline import lineage
+    from pipeline import tracking
 
-    with lineage.environment(_HTTP_SETTINGS, overwrite=False):
+    with tracking.environment(_HTTP_SETTINGS, overwrite=False):
         from pipeline import queries
 
         yield queries.Store(uri), experiment

@@ -1,12 +1,13 @@
 """The one definition of the pipeline: its kfp components and the DAG that wires them.
 
 `tunepipe run` executes `create_pipeline(...)` with kfp.local and `tunepipe compile` compiles the
-very same function to KFP v2 IR; nothing else lists the steps.
+very same function to KFP v2 IR. The steps, their caching and their volumes come from the registry
+(`pipeline.steps`); this module adds only the typed interface of each step and the wiring.
 
 The components are lightweight Python components on the project image with nothing installed at
-run time (`install_kfp_package=False`): each body imports the installed package and calls
-`pipeline.launcher`, because a lightweight component's source is shipped alone and cannot see
-helpers defined beside it. (No `from __future__ import annotations` here: kfp reads the
+run time (`install_kfp_package=False`): each body captures its arguments and calls
+`pipeline.launcher.run_step`, because a lightweight component's source is shipped alone and cannot
+see helpers defined beside it. (No `from __future__ import annotations` here: kfp reads the
 component signatures' annotations as types.)
 
 Every value that changes a step's output is one of its inputs, so KFP's cache cannot serve a stale
@@ -20,33 +21,37 @@ from typing import Any, NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
-from pipeline import config as config_module
+from pipeline import steps
 from pipeline.config import PipelineConfig
 
 DEFAULT_IMAGE = "ghcr.io/tunepipe/tunepipe:0.1.0"
 
 
-def resolve_source(source: str, data: dict) -> NamedTuple("SourceOutputs", [("fingerprint", str), ("spans", list)]):
+def resolve_source(source: str, label: str, data: dict) -> NamedTuple("SourceOutputs", [("fingerprint", str),
+                                                                                       ("spans", list)]):
     """Choose the spans to read now (the newest `data.span_window` of a span pattern), list their
     files and fingerprint them (names, sizes, modification times). Never cached: it is what lets the
     ingest step's cache see new data under the same pattern, on a schedule too (kubeflow/pipelines#3432)."""
+    arguments = dict(locals())
     from pipeline import launcher
-    return launcher.resolve_source(source, int(data.get("span_window", 1)))  # a KFP struct holds floats
+    return launcher.run_step("resolve-source", **arguments)
 
 
 def ingest(source: str, spans: list, label: str, data: dict, beam: dict, data_fingerprint: str, code_version: str,
            examples: Output[Dataset], metrics: Output[Metrics]):
     """Read, validate and split the chosen spans of the source table. `data_fingerprint` and
     `code_version` are only cache keys: they change when the source files or the code do."""
+    arguments = dict(locals())
     from pipeline import launcher
-    launcher.ingest(source, spans, label, data, beam, examples, metrics)
+    launcher.run_step("ingest", **arguments)
 
 
 def preprocess(examples: Input[Dataset], options: dict, beam: dict, code_version: str,
                transform: Output[Artifact]):
     """Full-pass analyzers over the train split: the transform the model's preprocessing is built from."""
+    arguments = dict(locals())
     from pipeline import launcher
-    launcher.preprocess(examples, options, beam, transform)
+    launcher.run_step("preprocess", **arguments)
 
 
 def tune(examples: Input[Dataset], transform: Input[Artifact], options: dict, work_root: str,
@@ -55,8 +60,9 @@ def tune(examples: Input[Dataset], transform: Input[Artifact], options: dict, wo
     `work_root` holds Keras Tuner's state so a killed search resumes. With `reuse_hyperparameters`
     (retraining), the best hyperparameters of the last search over the same space, unless it is
     older than `tuner.retune_after_days`."""
+    arguments = dict(locals())
     from pipeline import launcher
-    launcher.tune(examples, transform, options, work_root, reuse_hyperparameters, tuning)
+    launcher.run_step("tune", **arguments)
 
 
 def train(examples: Input[Dataset], transform: Input[Artifact], tuning: Input[Artifact], options: dict,
@@ -64,16 +70,18 @@ def train(examples: Input[Dataset], transform: Input[Artifact], tuning: Input[Ar
     """Train the best hyperparameters with early stopping and export the SavedModel for serving.
     `tuner` carries the search space, whose defaults fill what the tuning result leaves out.
     `warm_start_from` is the served model to start from ("" for none), when its weights fit."""
+    arguments = dict(locals())
     from pipeline import launcher
-    launcher.train(examples, transform, tuning, options, tuner, warm_start_from, model)
+    launcher.run_step("train", **arguments)
 
 
 def resolve_baseline(serving_dir: str, model_name: str, warm_start: bool, baseline: Output[Model]) -> str:
     """Find the model in production (registry alias, else newest served version); none on a first run.
     Returns its path when `warm_start` asks train to start from it, else "": a parameter, not the
     artifact, so that train's cache key changes only when a warm start's source does."""
+    arguments = dict(locals())
     from pipeline import launcher
-    return launcher.resolve_baseline(serving_dir, model_name, warm_start, baseline)
+    return launcher.run_step("resolve-baseline", **arguments)
 
 
 def evaluate(examples: Input[Dataset], model: Input[Model], baseline: Input[Model], options: dict, beam: dict,
@@ -82,21 +90,22 @@ def evaluate(examples: Input[Dataset], model: Input[Model], baseline: Input[Mode
     """TFMA over the held-out split, candidate against baseline. Returns whether to push: blessed, or
     `force_push`. (One unnamed output: kfp.local 2.17.0 cannot resolve a named output in a dsl.If
     condition; the blessing itself is in the evaluation artifact.)"""
+    arguments = dict(locals())
     from pipeline import launcher
-    return launcher.evaluate(examples, model, baseline, options, beam, force_push, evaluation, metrics,
-                             confusion_matrix, report)
+    return launcher.run_step("evaluate", **arguments)
 
 
 def push(model: Input[Model], evaluation: Input[Artifact], serving_dir: str, model_name: str, force_push: bool,
          pushed: Output[Model]):
     """Copy the model to <serving_dir>/<model_name>/<version>/ atomically and move the production alias."""
+    arguments = dict(locals())
     from pipeline import launcher
-    launcher.push(model, evaluation, serving_dir, model_name, force_push, pushed)
+    launcher.run_step("push", **arguments)
 
 
-STEPS = config_module.STEPS
-# Steps whose result depends on the world outside their inputs: never served from a cache.
-UNCACHED = ("resolve-source", "resolve-baseline", "push")
+def component_function(step: steps.Step):
+    """The typed kfp interface of a step of the registry: the function above named after it."""
+    return globals()[step.name.replace("-", "_")]
 
 
 class PipelineOutputs(NamedTuple):
@@ -105,10 +114,6 @@ class PipelineOutputs(NamedTuple):
     tuning: Artifact
     model: Model
     evaluation: Artifact
-
-
-def _component(function, image: str):
-    return dsl.component(function, base_image=image, install_kfp_package=False)
 
 
 def pipeline_arguments(config: PipelineConfig, code_version: str, force_push: bool = False,
@@ -145,32 +150,30 @@ def _location(path: str, *parts: str) -> str:
     return str(Path(path, *parts).resolve())
 
 
-def _configure(task, name: str, config: PipelineConfig) -> None:
+def _configure(task, step: steps.Step, config: PipelineConfig) -> None:
     """Display name, caching, Kubernetes resources, retries, tracking and volumes of one task."""
-    task.set_display_name(name)
-    if name in UNCACHED:
+    task.set_display_name(step.name)
+    if not step.cacheable:
         task.set_caching_options(enable_caching=False)
-    resources = config.kubeflow.resources_of(name)
+    resources = config.kubeflow.resources_of(step.name)
     if resources is not None:
         for setting, value in resources.model_dump(exclude_none=True).items():
             getattr(task, f"set_{setting}")(value)
-    retries = config.kubeflow.retries.get(name, config.kubeflow.retries.get("default", 0))
+    retries = config.kubeflow.retries.get(step.name, config.kubeflow.retries.get("default", 0))
     if retries:
         task.set_retry(num_retries=retries, backoff_duration=config.kubeflow.retry_backoff)
     if config.tracking_uri:
         task.set_env_variable("MLFLOW_TRACKING_URI", config.tracking_uri)
-    _mount_volumes(task, name, config)
+    _mount_volumes(task, step, config)
 
 
-def _mount_volumes(task, name: str, config: PipelineConfig) -> None:
-    """Mount the `kubeflow.volumes` PVCs into the steps that keep files across pods and runs.
-    kfp.kubernetes is imported only when there is something to mount; kfp.local ignores the mounts."""
-    volumes = config.kubeflow.volumes
-    # The serving directory: push writes it, resolve-baseline looks in it, and the production model
-    # it finds there is what train warm-starts from and evaluate compares with. The work volume holds
-    # work_root, Keras Tuner's state.
-    users = ((volumes.serving, ("resolve-baseline", "train", "evaluate", "push")), (volumes.work, ("tune",)))
-    mounts = [volume for volume, steps in users if volume is not None and name in steps]
+def _mount_volumes(task, step: steps.Step, config: PipelineConfig) -> None:
+    """Mount the `kubeflow.volumes` PVCs the step uses: the serving directory (push writes it,
+    resolve-baseline looks in it, train warm-starts and evaluate compares with the production model
+    there) and the work volume (Keras Tuner's state). kfp.kubernetes is imported only when there is
+    something to mount; kfp.local ignores the mounts."""
+    mounts = [volume for volume in (getattr(config.kubeflow.volumes, name) for name in step.volumes)
+              if volume is not None]
     if not mounts:
         return
     from kfp import kubernetes
@@ -181,9 +184,8 @@ def _mount_volumes(task, name: str, config: PipelineConfig) -> None:
 
 def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_version: str = ""):
     """The kfp pipeline for `config`; its parameters default to the config's values."""
-    ops = {name: _component(function, image)
-           for name, function in (("resolve-source", resolve_source), ("ingest", ingest), ("preprocess", preprocess), ("tune", tune), ("train", train),
-                                  ("resolve-baseline", resolve_baseline), ("evaluate", evaluate), ("push", push))}
+    ops = {step.name: dsl.component(component_function(step), base_image=image, install_kfp_package=False)
+           for step in steps.STEPS}
     defaults = pipeline_arguments(config, code_version)
 
     @dsl.pipeline(name=config.name, description=f"tunepipe: {config.data.label} from {config.data.source}")
@@ -204,30 +206,35 @@ def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_ver
         force_push: bool = defaults["force_push"],
         code_version: str = defaults["code_version"],
     ) -> PipelineOutputs:
-        source_task = ops["resolve-source"](source=source, data=data)
-        ingest_task = ops["ingest"](source=source, spans=source_task.outputs["spans"], label=label, data=data, beam=beam,
-                                    data_fingerprint=source_task.outputs["fingerprint"], code_version=code_version)
-        examples = ingest_task.outputs["examples"]
-        preprocess_task = ops["preprocess"](examples=examples, options=preprocess, beam=beam,
+        tasks = {}
+        tasks["resolve-source"] = ops["resolve-source"](source=source, label=label, data=data)
+        fingerprint, spans = (tasks["resolve-source"].outputs[name] for name in ("fingerprint", "spans"))
+        tasks["ingest"] = ops["ingest"](source=source, spans=spans, label=label, data=data, beam=beam,
+                                        data_fingerprint=fingerprint, code_version=code_version)
+        examples = tasks["ingest"].outputs["examples"]
+        tasks["preprocess"] = ops["preprocess"](examples=examples, options=preprocess, beam=beam,
+                                                code_version=code_version)
+        transform = tasks["preprocess"].outputs["transform"]
+        tasks["tune"] = ops["tune"](examples=examples, transform=transform, options=tuner, work_root=work_root,
+                                    reuse_hyperparameters=reuse_hyperparameters, code_version=code_version)
+        tuning = tasks["tune"].outputs["tuning"]
+        tasks["resolve-baseline"] = ops["resolve-baseline"](serving_dir=serving_dir, model_name=model_name,
+                                                            warm_start=warm_start)
+        tasks["train"] = ops["train"](examples=examples, transform=transform, tuning=tuning, options=training,
+                                      tuner=tuner, warm_start_from=tasks["resolve-baseline"].outputs["Output"],
+                                      code_version=code_version)
+        model = tasks["train"].outputs["model"]
+        tasks["evaluate"] = ops["evaluate"](examples=examples, model=model,
+                                            baseline=tasks["resolve-baseline"].outputs["baseline"],
+                                            options=evaluation, beam=beam, force_push=force_push,
                                             code_version=code_version)
-        transform = preprocess_task.outputs["transform"]
-        tune_task = ops["tune"](examples=examples, transform=transform, options=tuner, work_root=work_root,
-                                reuse_hyperparameters=reuse_hyperparameters, code_version=code_version)
-        baseline_task = ops["resolve-baseline"](serving_dir=serving_dir, model_name=model_name, warm_start=warm_start)
-        train_task = ops["train"](examples=examples, transform=transform, tuning=tune_task.outputs["tuning"],
-                                  options=training, tuner=tuner, warm_start_from=baseline_task.outputs["Output"],
-                                  code_version=code_version)
-        evaluate_task = ops["evaluate"](examples=examples, model=train_task.outputs["model"],
-                                        baseline=baseline_task.outputs["baseline"], options=evaluation, beam=beam,
-                                        force_push=force_push, code_version=code_version)
-        with dsl.If(evaluate_task.outputs["Output"] == True, name="blessed-or-forced"):  # noqa: E712 (kfp condition)
-            push_task = ops["push"](model=train_task.outputs["model"], evaluation=evaluate_task.outputs["evaluation"],
-                                    serving_dir=serving_dir, model_name=model_name, force_push=force_push)
-        for task, name in ((source_task, "resolve-source"), (ingest_task, "ingest"), (preprocess_task, "preprocess"), (tune_task, "tune"),
-                           (train_task, "train"), (baseline_task, "resolve-baseline"),
-                           (evaluate_task, "evaluate"), (push_task, "push")):
-            _configure(task, name, config)
-        return PipelineOutputs(examples=examples, transform=transform, tuning=tune_task.outputs["tuning"],
-                               model=train_task.outputs["model"], evaluation=evaluate_task.outputs["evaluation"])
+        evaluation_result = tasks["evaluate"].outputs["evaluation"]
+        with dsl.If(tasks["evaluate"].outputs["Output"] == True, name="blessed-or-forced"):  # noqa: E712 (kfp)
+            tasks["push"] = ops["push"](model=model, evaluation=evaluation_result, serving_dir=serving_dir,
+                                        model_name=model_name, force_push=force_push)
+        for step in steps.STEPS:
+            _configure(tasks[step.name], step, config)
+        return PipelineOutputs(examples=examples, transform=transform, tuning=tuning, model=model,
+                               evaluation=evaluation_result)
 
     return tunepipe_pipeline

@@ -6,7 +6,7 @@ This module owns:
 - uploading a compiled package as a new pipeline, or as a new version of the pipeline of that name;
 - starting a run of the latest (or a named) version in an experiment, created if missing;
 - recurring runs identified by their display name: create (replacing one of the same name), list,
-  delete; and the cron dialect KFP speaks (six fields, seconds first), checked before any call;
+  delete, in the cron dialect KFP speaks (`pipeline.kfp_cron`), checked before any call;
 - the error boundary: an unreachable host, HTTP 401/403/404 and the other failures of kfp.Client,
   kfp_server_api and urllib3 become one `TunepipeError` line saying what failed and where.
 
@@ -28,9 +28,9 @@ import kfp
 import kfp_server_api
 import urllib3
 import yaml
-from croniter import croniter
 
-from pipeline.errors import TunepipeError
+from components.errors import TunepipeError
+from pipeline.kfp_cron import to_kfp_cron
 
 TOKEN_ENV = "KFP_BEARER_TOKEN"
 # (connect, read) seconds for every request. kfp.Client sends requests without a timeout, so a
@@ -38,10 +38,6 @@ TOKEN_ENV = "KFP_BEARER_TOKEN"
 REQUEST_TIMEOUT = (10.0, 120.0)
 DEFAULT_EXPERIMENT = "Default"  # the experiment KFP itself files runs under when none is named
 
-_FIVE_FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
-_SIX_FIELDS = ("second", *_FIVE_FIELDS)
-_FIELD_RANGES = {"second": "0-59", "minute": "0-59", "hour": "0-23", "day-of-month": "1-31",
-                 "month": "1-12 or JAN-DEC", "day-of-week": "0-6 or SUN-SAT"}
 _PAGE_SIZE = 100
 
 
@@ -316,38 +312,6 @@ def delete_schedule(client: kfp.Client, job_name: str) -> tuple[str, ...]:
         for recurring_run_id in doomed:
             client.delete_recurring_run(recurring_run_id)
     return tuple(doomed)
-
-
-def to_kfp_cron(expression: str) -> str:
-    """`expression` in the cron dialect of KFP's scheduler: six fields, seconds first.
-
-    Accepts the usual five fields (minute hour day-of-month month day-of-week), which run at second
-    0, or six fields with seconds first, as KFP documents. Anything else raises `TunepipeError`
-    naming the expression and the field at fault. Makes no network call.
-    """
-    fields = expression.split()
-    if len(fields) not in (5, 6):
-        raise TunepipeError(f"cron expression {expression!r} has {len(fields)} field(s): give 5 "
-                            f"({' '.join(_FIVE_FIELDS)}) or 6 with seconds first")
-    names = _FIVE_FIELDS if len(fields) == 5 else _SIX_FIELDS
-    seconds_first = len(fields) == 6
-    if not croniter.is_valid(" ".join(fields), second_at_beginning=seconds_first):
-        raise TunepipeError(f"cron expression {expression!r}: {_cron_fault(fields, names, seconds_first)}")
-    return " ".join(fields) if seconds_first else " ".join(["0", *fields])
-
-
-def _cron_fault(fields: list[str], names: tuple[str, ...], seconds_first: bool) -> str:
-    """Which field of an invalid cron expression is wrong, found by checking each one alone."""
-    for position, (field, name) in enumerate(zip(fields, names)):
-        alone = ["*"] * len(fields)
-        alone[position] = field
-        try:
-            croniter(" ".join(alone), second_at_beginning=seconds_first)
-        except (ValueError, KeyError) as error:
-            if "out of range" in str(error):
-                return f"the {name} field {field!r} is out of range ({_FIELD_RANGES[name]})"
-            return f"the {name} field {field!r} is not a valid {name} ({_FIELD_RANGES[name]}, *, lists, ranges, steps)"
-    return "the fields do not make a valid schedule together"
 
 
 @contextlib.contextmanager

@@ -22,9 +22,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import dag, launcher, lineage
+from components.errors import TunepipeError
+from pipeline import dag, launcher, steps, tracking
 from pipeline.config import PipelineConfig
-from pipeline.errors import TunepipeError
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"^Executing task '?([\w-]+)'?")
@@ -103,8 +103,8 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"run-{stamp}.log"
     error_file = log_dir / f"run-{stamp}.errors.jsonl"
-    steps = {name: StepStatus(name) for name in dag.STEPS}
-    summary = RunSummary(steps, log_file=log_file)
+    statuses = {name: StepStatus(name) for name in steps.NAMES}
+    summary = RunSummary(statuses, log_file=log_file)
 
     arguments = dag.pipeline_arguments(config, code_version, force_push=force_push,
                                        reuse_hyperparameters=reuse_hyperparameters, warm_start=warm_start)
@@ -116,7 +116,7 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     import mlflow  # noqa: F401
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    progress = _Progress(steps, console)
+    progress = _Progress(statuses, console)
     root_logger = logging.getLogger()
     # kfp.local reports cache hits at INFO on the root logger outside its own logging context;
     # for the run, the root logger writes to the log file only.
@@ -126,7 +126,7 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     params = {"source": config.data.source, "label": config.data.label,
               "code_version": code_version, "cache": use_cache, "force_push": force_push,
               "reuse_hyperparameters": reuse_hyperparameters, "warm_start": warm_start}
-    with lineage.pipeline_run(config.name, str(output_root), config.tracking_uri, params,
+    with tracking.pipeline_run(config.name, str(output_root), config.tracking_uri, params,
                               run_name=f"{config.name}-{stamp}") as parent:
         summary.mlflow_run_id = parent.info.run_id
         summary.tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
@@ -154,81 +154,48 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     return summary
 
 
-# The pipeline output each step produces (resolve-baseline and push run every time and report
-# through lineage instead).
-_OUTPUT_OF_STEP = {"ingest": "examples", "preprocess": "transform", "tune": "tuning", "train": "model",
-                   "evaluate": "evaluation"}
-
-
 def _record_cached_steps(summary: RunSummary) -> None:
-    for step in summary.steps.values():
-        if step.state != "cached" or step.name not in _OUTPUT_OF_STEP:
+    """kfp's cache answered these steps, so nothing recorded them: record what they reused."""
+    for status in summary.steps.values():
+        step = steps.BY_NAME[status.name]
+        if status.state != "cached" or not step.outputs or step.outputs[0] not in summary.outputs:
             continue
-        name = _OUTPUT_OF_STEP[step.name]
+        name = step.outputs[0]
         artifact = summary.outputs[name]
-        lineage.record_cached_step(step.name, {name: (artifact.uri, artifact.metadata.get("digest", ""))},
-                                   dict(artifact.metadata))
+        tracking.record_cached_step(step.name, {name: (artifact.uri, artifact.metadata.get("digest", ""))},
+                                    dict(artifact.metadata))
 
 
-def _push_outcome(summary: RunSummary) -> dict[str, str]:
-    """What the push step recorded under this pipeline run, if it ran."""
-    import mlflow
+def _step_facts(summary: RunSummary) -> dict[str, steps.Facts]:
+    """What each step of this run recorded, by step: for a step the cache answered, the run that
+    did its work (the queries of `tunepipe runs` see the same)."""
+    from pipeline.queries.store import Store
 
-    runs = mlflow.search_runs(filter_string=f"tags.mlflow.parentRunId = '{summary.mlflow_run_id}' "
-                                            "and tags.`tunepipe.step` = 'push'", output_format="list",
-                              search_all_experiments=True)
-    return dict(runs[0].data.tags) if runs else {}
-
-
-def _count(value: Any) -> Any:
-    # KFP keeps artifact metadata as a protobuf Struct, where every number is a double.
-    return int(value) if isinstance(value, float) and value.is_integer() else value
-
-
-def _facts(step: str, metadata: dict[str, Any]) -> str:
-    metadata = {key: _count(value) for key, value in metadata.items()}
-    if step == "ingest":
-        splits = ", ".join(f"{key.removeprefix('rows_')} {value}" for key, value in metadata.items()
-                           if key.startswith("rows_") and key != "rows_read")
-        return f"{metadata.get('rows_read', 0)} rows read, {metadata.get('rejected', 0)} rejected; {splits}"
-    if step == "preprocess":
-        return f"{metadata.get('features', 0)} features, {metadata.get('classes', 0)} classes"
-    if step == "tune":
-        if metadata.get("tuning") == "reused":
-            return (f"reused the best hyperparameters of search run {metadata.get('reused_from', '?')} "
-                    f"({metadata.get('objective', '')} {metadata.get('best_score', 0):.4f})")
-        if not metadata.get("trials"):
-            return "tuning off: default hyperparameters"
-        return f"{metadata['trials']} trials, best {metadata.get('objective', '')} {metadata.get('best_score', 0):.4f}"
-    if step == "train":
-        warm = ", warm-started" if metadata.get("warm_started") else ""
-        return (f"eval accuracy {metadata.get('eval_accuracy', 0):.4f} after {metadata.get('epochs_trained', 0)} "
-                f"epochs{warm}")
-    if step == "evaluate":
-        return str(metadata.get("summary", ""))
-    return ""
+    store = Store(summary.tracking_uri)
+    with store.errors():
+        pipeline = store.run(summary.mlflow_run_id)
+        found = {}
+        for name, record in store.steps(pipeline).items():
+            run = store.effective(record, (pipeline.info.run_id,)) or record
+            found[name] = steps.Facts.of_run(run)
+        return found
 
 
 def print_summary(summary: RunSummary, console: Console) -> None:
     table = Table(title=f"tunepipe run: {summary.seconds:.1f} s", title_justify="left")
     for column in ("step", "status", "time", "result"):
         table.add_column(column)
-    push = _push_outcome(summary) if summary.mlflow_run_id else {}
-    for step in summary.steps.values():
-        artifact = summary.outputs.get(_OUTPUT_OF_STEP.get(step.name, ""))
-        facts = _facts(step.name, dict(artifact.metadata)) if artifact is not None else ""
-        state = step.state
-        if step.name == "push":
-            if push.get("tunepipe.push.pushed") == "true":
-                facts = f"version {push['tunepipe.push.version']}: {push['tunepipe.push.reason']}"
-            elif push:
-                facts = push.get("tunepipe.push.reason", "")
-            else:
-                state = "skipped"
-                evaluation = summary.outputs.get("evaluation")
-                facts = "not blessed: " + str(evaluation.metadata.get("reason", "")) if evaluation else ""
-        seconds = f"{step.seconds:.1f} s" if step.state == "ran" else "-"
-        table.add_row(step.name, state, seconds, facts)
+    facts = _step_facts(summary) if summary.mlflow_run_id else {}
+    for status in summary.steps.values():
+        step = steps.BY_NAME[status.name]
+        state = status.state
+        result = step.summary(facts[step.name]) if step.name in facts else ""
+        if step.name == "push" and step.name not in facts:
+            state = "skipped"
+            evaluation = summary.outputs.get("evaluation")
+            result = "not blessed: " + str(evaluation.metadata.get("reason", "")) if evaluation else ""
+        seconds = f"{status.seconds:.1f} s" if status.state == "ran" else "-"
+        table.add_row(step.name, state, seconds, result)
     console.print(table)
     for name, artifact in summary.outputs.items():
         console.print(f"{name:>10}: {artifact.path}")

@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import TunepipeError
+from components.errors import TunepipeError
 
 LOCK_FILE = "scheduler.lock"
 LOG_FILE = Path("logs", "scheduler.log")
@@ -48,7 +48,7 @@ class CronSchedule:
     """A cron expression as `tunepipe schedule` takes it: 5 fields, or 6 with seconds first (KFP's dialect)."""
 
     def __init__(self, expression: str):
-        from pipeline.kfp_client import to_kfp_cron  # one cron dialect and one set of messages for both
+        from pipeline.kfp_cron import to_kfp_cron  # one cron dialect and one set of messages for both
 
         self.expression = expression
         self.seconds_first = to_kfp_cron(expression)  # raises TunepipeError naming the field at fault

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components import artifacts, push
-from pipeline import dag
+from components import artifacts, resolve_baseline
+from pipeline import steps
 from tests.conftest import PENGUINS, PENGUINS_CONFIG
 
 # Several whole pipelines in a row: minutes each on two cores.
@@ -31,7 +31,7 @@ def tunepipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def step_states(stderr: str) -> dict[str, str]:
     states = {}
     for line in stderr.splitlines():
-        for step in dag.STEPS:
+        for step in steps.NAMES:
             if line.endswith(f" {step} reused from cache"):
                 states[step] = "cached"
             elif f" {step} ran in " in line:
@@ -79,9 +79,9 @@ def test_pipeline_tunes_pushes_caches_refuses_worse_and_pushes_better(tmp_path):
     # 1. The bundled configuration: every step runs, the model is good and becomes version 1.
     first = tunepipe("run", "--config", str(config), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert step_states(first.stderr) == {step: "ran" for step in dag.STEPS}
+    assert step_states(first.stderr) == {step: "ran" for step in steps.NAMES}
     runs = step_runs(client, parent_id(first.stderr))
-    assert set(runs) == set(dag.STEPS)
+    assert set(runs) == set(steps.NAMES)
     assert runs["train"].data.metrics["eval_accuracy"] >= 0.95
     assert runs["evaluate"].data.metrics["eval_accuracy"] >= 0.95
     assert runs["evaluate"].data.tags["tunepipe.blessed"] == "true"
@@ -90,7 +90,7 @@ def test_pipeline_tunes_pushes_caches_refuses_worse_and_pushes_better(tmp_path):
     tuning = artifacts.read_manifest(output_path(first.stderr, "tuning"), "tuning")
     assert len(trials) == runs["tune"].data.metrics["trials"] >= 2
     assert tuning["digest"] == runs["tune"].data.tags["tunepipe.output.tuning.digest"]
-    assert push.serving_versions(serving, "penguins") == [1]
+    assert resolve_baseline.serving_versions(serving, "penguins") == [1]
     assert (serving / "penguins" / "1" / "saved_model.pb").is_file()
     assert "version 1: blessed" in table_row(first.stderr, "push")
     production = client.get_model_version_by_alias("penguins", "production")
@@ -104,7 +104,7 @@ def test_pipeline_tunes_pushes_caches_refuses_worse_and_pushes_better(tmp_path):
                                           "tune": "cached", "train": "cached", "resolve-baseline": "ran",
                                           "evaluate": "ran", "push": "ran"}
     assert "already served as version 1" in table_row(second.stderr, "push")
-    assert push.serving_versions(serving, "penguins") == [1]
+    assert resolve_baseline.serving_versions(serving, "penguins") == [1]
 
     # 3. A worse candidate (one epoch) is not blessed against version 1: nothing pushed, alias untouched.
     worse = write_config(tmp_path, "worse.yaml", training={"epochs": 1})
@@ -113,7 +113,7 @@ def test_pipeline_tunes_pushes_caches_refuses_worse_and_pushes_better(tmp_path):
     assert step_states(third.stderr)["train"] == "ran" and "push" not in step_states(third.stderr)
     push_row = table_row(third.stderr, "push")
     assert "skipped" in push_row and "not blessed: accuracy" in push_row
-    assert push.serving_versions(serving, "penguins") == [1]
+    assert resolve_baseline.serving_versions(serving, "penguins") == [1]
     assert client.get_model_version_by_alias("penguins", "production").version == production.version
 
     # ... unless forced, which is recorded as such.
@@ -133,7 +133,7 @@ def test_pipeline_tunes_pushes_caches_refuses_worse_and_pushes_better(tmp_path):
     assert step_states(fourth.stderr)["ingest"] == "ran"
     assert "346 rows read" in table_row(fourth.stderr, "ingest")
     assert "version 3: blessed" in table_row(fourth.stderr, "push")
-    assert push.serving_versions(serving, "penguins") == [1, 2, 3]
+    assert resolve_baseline.serving_versions(serving, "penguins") == [1, 2, 3]
     assert client.get_model_version_by_alias("penguins", "production").tags["serving_version"] == "3"
 
 

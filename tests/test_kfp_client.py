@@ -9,7 +9,8 @@ import json
 import pytest
 
 from pipeline import kfp_client
-from pipeline.errors import TunepipeError
+from pipeline.kfp_cron import to_kfp_cron
+from components.errors import TunepipeError
 from tests.conftest_kfp import (PIPELINE_NAME, closed_port_url, kfp_env, kfp_server,  # noqa: F401
                                 pipeline_package, silent_server_url, write_kubeconfig)
 from tests.kfp_api_server import API, KfpApiServer
@@ -228,7 +229,7 @@ def test_a_bad_cron_fails_before_any_request(kfp_server, client, pipeline_packag
     ("0 0 3 ? * MON-FRI", "0 0 3 ? * MON-FRI"),
 ])
 def test_to_kfp_cron_puts_seconds_first(expression, kfp_cron):
-    assert kfp_client.to_kfp_cron(expression) == kfp_cron
+    assert to_kfp_cron(expression) == kfp_cron
 
 
 @pytest.mark.parametrize("expression, message", [
@@ -243,7 +244,7 @@ def test_to_kfp_cron_puts_seconds_first(expression, kfp_cron):
 ])
 def test_to_kfp_cron_names_the_expression_and_what_is_wrong(expression, message):
     with pytest.raises(TunepipeError) as raised:
-        kfp_client.to_kfp_cron(expression)
+        to_kfp_cron(expression)
     assert str(raised.value).startswith(f"cron expression {expression!r}")
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)

@@ -26,6 +26,7 @@ from croniter import croniter
 from kubernetes_validate import utils as validate_utils
 
 from pipeline import config as pipeline_config
+from pipeline.kubeflow_config import VolumeMount
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
@@ -612,12 +613,12 @@ def test_the_documented_volumes_are_the_claims_of_the_manifests(build):
     assert (volumes.serving.pvc, volumes.serving.mount_path) in mounted, \
         "TF Serving mounts another claim, or at another path, than the pipeline's serving volume"
     serving_dir = container_env(server, documents)["SERVING_DIR"]
-    assert pipeline_config.VolumeMount.holds(volumes.serving.mount_path, serving_dir)
+    assert VolumeMount.holds(volumes.serving.mount_path, serving_dir)
 
     (container,) = all_containers(the(documents, "CronJob"))
     words = submit_command(container, container_env(container, documents))
     params = dict(words[index + 1].split("=", 1) for index, word in enumerate(words) if word == "--param")
     for name, volume in (("serving_dir", volumes.serving), ("work_root", volumes.work)):
         if name in params:
-            assert pipeline_config.VolumeMount.holds(volume.mount_path, params[name]), \
+            assert VolumeMount.holds(volume.mount_path, params[name]), \
                 f"the CronJob's --param {name}={params[name]} is not on the volume mounted at {volume.mount_path}"

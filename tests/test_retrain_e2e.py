@@ -20,7 +20,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from components import push
+from components import resolve_baseline
 from tests.conftest import PENGUINS
 from tests.test_e2e import parent_id, step_runs, step_states, table_row, tunepipe
 
@@ -86,7 +86,7 @@ def test_three_days_of_retraining_reuse_tuning_push_better_and_refuse_worse(tmp_
     assert runs3["tune"].data.tags["tunepipe.tuning.reused_from"] == runs1["tune"].info.run_id
     assert runs3["evaluate"].data.tags["tunepipe.blessed"] == "false"
     assert "not blessed: accuracy" in table_row(day3.stderr, "push")
-    assert push.serving_versions(serving, "penguins") == [1, 2]
+    assert resolve_baseline.serving_versions(serving, "penguins") == [1, 2]
     assert str(client.get_model_version_by_alias("penguins", "production").version) == "2"
 
     # The lineage of version 2: day 2's spans as the source, day 1's search as the hyperparameters.

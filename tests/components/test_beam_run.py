@@ -4,8 +4,8 @@ import pytest
 from apache_beam.options.pipeline_options import DirectOptions, GoogleCloudOptions, StandardOptions
 
 from components import beam_run
-from pipeline.config import BeamConfig
-from pipeline.errors import DataError
+from components.beam_run import BeamConfig
+from components.errors import DataError
 
 
 def options_seen_by_a_pipeline(config: BeamConfig):

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import config
-from pipeline.errors import ConfigError
+from pipeline import config, kubeflow_config
+from components.errors import ConfigError
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -110,7 +110,7 @@ def test_volumes_default_to_none():
 def test_volumes_with_the_paths_on_them_load():
     loaded = config.from_dict(with_volumes({"serving": {**SERVING, "mount_path": "/models/"}, "work": WORK},
                                            serving_dir="/models/penguins-serving", output_root="/tunepipe"))
-    assert loaded.kubeflow.volumes.serving == config.VolumeMount(pvc="tunepipe-serving", mount_path="/models")
+    assert loaded.kubeflow.volumes.serving == kubeflow_config.VolumeMount(pvc="tunepipe-serving", mount_path="/models")
     assert loaded.kubeflow.volumes.work.mount_path == "/tunepipe"
 
 

@@ -5,7 +5,7 @@ from click.testing import CliRunner
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from pipeline import dag
+from pipeline import steps
 from pipeline.cli import main
 from tests.conftest import PENGUINS_CONFIG
 
@@ -44,7 +44,7 @@ def tasks_with_upstream(spec) -> dict:
 def test_compiled_tasks_and_edges_are_the_local_dag(tmp_path):
     spec = compiled_spec(tmp_path)
     tasks = tasks_with_upstream(spec)
-    assert set(tasks) == set(dag.STEPS)
+    assert set(tasks) == set(steps.NAMES)
     edges = {(upstream, name) for name, (_, upstreams) in tasks.items() for upstream in upstreams}
     assert edges == {("resolve-source", "ingest"), ("ingest", "preprocess"), ("ingest", "tune"),
                      ("preprocess", "tune"), ("ingest", "train"), ("preprocess", "train"), ("tune", "train"),
@@ -66,13 +66,13 @@ def test_push_runs_only_when_evaluate_says_so(tmp_path):
 
 def test_steps_that_read_the_outside_world_are_never_cached(tmp_path):
     tasks = all_tasks(compiled_spec(tmp_path))
-    assert {name for name, task in tasks.items() if not task.caching_options.enable_cache} == set(dag.UNCACHED)
+    assert {name for name, task in tasks.items() if not task.caching_options.enable_cache} == set(steps.UNCACHED)
 
 
 def test_components_run_the_given_image_and_install_nothing(tmp_path):
     spec = compiled_spec(tmp_path, "--image", "registry.example/tunepipe:1.2")
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
-    assert len(executors) == len(dag.STEPS)
+    assert len(executors) == len(steps.NAMES)
     for executor in executors.values():
         container = executor["container"]
         assert container["image"] == "registry.example/tunepipe:1.2"
@@ -126,7 +126,7 @@ kubeflow:
 
 def test_unknown_step_in_the_kubeflow_section_is_refused(tmp_path):
     from pipeline import config
-    from pipeline.errors import ConfigError
+    from components.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"kubeflow\.retries: unknown step tuning \(steps: default, resolve-source"):
         config.from_dict({"data": {"source": "a.csv", "label": "y"}, "kubeflow": {"retries": {"tuning": 2}}})

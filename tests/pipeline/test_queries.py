@@ -1,9 +1,10 @@
 """`tunepipe runs / trials / lineage` against a tracking store written the way a pipeline run writes it.
 
-The store is built with `pipeline.lineage`'s own functions (the pipeline run, the step runs, the
-records of cached steps) and, for what the components record themselves, MlflowClient calls with
-the same tags, params and metrics as `components.tune` (trial runs) and `components.push` (model
-versions and the `production` alias). Three pipeline runs:
+The store is built with `pipeline.tracking`'s own functions (the pipeline run, the step runs, the
+records of cached steps) and, for the rest, MlflowClient calls with the same tags, params and
+metrics as `pipeline.trial_tracking.MlflowTrials` (trial runs) and `pipeline.registry.register`
+(model versions and the `production` alias). Every tag, trial param and registry tag written here
+is named through `pipeline.tags`, as the queries read them. Three pipeline runs:
 
 1. everything ran; the model was not blessed, so nothing was pushed;
 2. the same data, with --force-push: ingest, preprocess, tune and train came from kfp's cache
@@ -25,9 +26,9 @@ from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
-from pipeline import cli_lineage, lineage, queries
+from pipeline import cli_lineage, queries, tags, tracking
 from pipeline.cli import _Group
-from pipeline.errors import TunepipeError
+from components.errors import TunepipeError
 
 SOURCE = "/data/penguins/*.csv"
 EXPERIMENT = "penguins"
@@ -58,30 +59,30 @@ class Store:
 
 def record_trial(tune_run_id: str, search_id: str, trial_id: str, hyperparameters: dict, score: float | None,
                  epochs: int, duration_s: float, status: str = "completed", continued_from: str | None = None) -> str:
-    """A tuner trial as components.tune.TrialRecorder records it."""
+    """A tuner trial as pipeline.trial_tracking.MlflowTrials records it."""
     client = MlflowClient()
     experiment_id = client.get_run(tune_run_id).info.experiment_id
     run = client.create_run(experiment_id, run_name=f"trial-{trial_id}", tags={
-        "mlflow.parentRunId": tune_run_id, "tunepipe.search_id": search_id, "tunepipe.trial_id": trial_id,
-        "tunepipe.objective": "val_accuracy"})
-    facts = {"trial_id": trial_id, "bracket": 1, "round": 1 if continued_from else 0,
-             "initial_epoch": 3 if continued_from else 0, "max_epoch": 8 if continued_from else 3}
-    if continued_from:
-        facts["continued_from"] = continued_from
+        tags.PARENT_RUN: tune_run_id, tags.SEARCH_ID: search_id, tags.TRIAL_ID: trial_id,
+        tags.OBJECTIVE: "val_accuracy"})
+    # Hyperband's bookkeeping, under the names the queries tell apart from the hyperparameters.
+    values = (trial_id, 1, 1 if continued_from else 0, 3 if continued_from else 0, 8 if continued_from else 3,
+              continued_from)
+    facts = {name: value for name, value in zip(tags.TRIAL_FACTS, values, strict=True) if value is not None}
     client.log_batch(run.info.run_id, params=[Param(name, str(value))
                                               for name, value in {**facts, **hyperparameters}.items()])
     metrics = {"duration_s": duration_s, "epochs": epochs, "score": score, "best_epoch": epochs}
     client.log_batch(run.info.run_id, metrics=[Metric(name, float(value), 0, 0) for name, value in metrics.items()
                                                if value is not None])
-    client.set_tag(run.info.run_id, "tunepipe.trial_status", status)
+    client.set_tag(run.info.run_id, tags.TRIAL_STATUS, status)
     if status != "completed":
-        client.set_tag(run.info.run_id, "tunepipe.error", "ValueError: the model could not be built")
+        client.set_tag(run.info.run_id, tags.ERROR, "ValueError: the model could not be built")
     client.set_terminated(run.info.run_id, "FINISHED" if status == "completed" else "FAILED")
     return run.info.run_id
 
 
 def register(serving: Path, version: int, train_run_id: str, model_digest: str, forced: bool) -> str:
-    """A pushed model version as components.push registers it."""
+    """A pushed model version as pipeline.registry.register registers it."""
     client = MlflowClient()
     try:
         client.get_registered_model("penguins")
@@ -89,8 +90,9 @@ def register(serving: Path, version: int, train_run_id: str, model_digest: str, 
         client.create_registered_model("penguins", description="Pushed by tunepipe")
     registered = client.create_model_version(
         "penguins", source=str(serving / "penguins" / str(version)), run_id=train_run_id,
-        tags={"serving_version": str(version), "forced": str(forced).lower(), "digest": model_digest})
-    client.set_registered_model_alias("penguins", "production", registered.version)
+        tags={tags.VERSION_SERVING: str(version), tags.VERSION_FORCED: tags.flag(forced),
+              tags.VERSION_DIGEST: model_digest})
+    client.set_registered_model_alias("penguins", tags.PRODUCTION_ALIAS, registered.version)
     return str(registered.version)
 
 
@@ -122,24 +124,24 @@ def record_full_run(root: Path, serving: Path, name: str, fingerprint: str, span
 
     params = {"source": SOURCE, "label": "species", "code_version": f"0.1.0+{name}", "cache": True,
               "force_push": False}
-    with lineage.pipeline_run(EXPERIMENT, str(root), None, params, run_name=name) as parent:
+    with tracking.pipeline_run(EXPERIMENT, str(root), None, params, run_name=name) as parent:
         record.run_id = parent.info.run_id
-        with lineage.step_run("resolve-source", {"source": SOURCE, "fingerprint": fingerprint}) as step:
-            step.tags({"tunepipe.spans": spans, "tunepipe.files": str(len(spans.split(",")))})
+        with tracking.step_run("resolve-source", {"source": SOURCE, "fingerprint": fingerprint}) as step:
+            step.tags({tags.SPANS: spans, tags.FILES: str(len(spans.split(",")))})
             record.steps["resolve-source"] = step.run_id
-        with lineage.step_run("ingest", {"source": SOURCE, "label": "species", "data": {"split": {"train": 0.8}},
-                                         "beam": {"runner": "DirectRunner"}}, inputs={}) as step:
+        with tracking.step_run("ingest", {"source": SOURCE, "label": "species", "data": {"split": {"train": 0.8}},
+                                          "beam": {"runner": "DirectRunner"}}, inputs={}) as step:
             step.output("examples", *pair("examples"))
             step.metrics({"rows_read": 344, "rejected": 0, "missing_label": 0, "rows_train": 281, "rows_eval": 63})
             record.steps["ingest"] = step.run_id
-        with lineage.step_run("preprocess", {"preprocess": {"vocabulary_top_k": 100}},
-                              inputs={"examples": pair("examples")}) as step:
+        with tracking.step_run("preprocess", {"preprocess": {"vocabulary_top_k": 100}},
+                               inputs={"examples": pair("examples")}) as step:
             step.output("transform", *pair("transform"))
             step.metrics({"features": 6, "classes": 3, "train_rows": 281})
             record.steps["preprocess"] = step.run_id
-        with lineage.step_run("tune", {"tuner": {"algorithm": "hyperband", "objective": "val_accuracy"},
-                                       "work_dir": str(root / "work")},
-                              inputs={"examples": pair("examples"), "transform": pair("transform")}) as step:
+        with tracking.step_run("tune", {"tuner": {"algorithm": "hyperband", "objective": "val_accuracy"},
+                                        "work_dir": str(root / "work")},
+                               inputs={"examples": pair("examples"), "transform": pair("transform")}) as step:
             record.steps["tune"] = step.run_id
             for trial_id, hyperparameters, score, epochs, duration, status, continued in trials:
                 record.trials[trial_id] = record_trial(step.run_id, f"search-{name}", trial_id, hyperparameters,
@@ -147,24 +149,24 @@ def record_full_run(root: Path, serving: Path, name: str, fingerprint: str, span
             step.output("tuning", *pair("tuning"))
             best = max(trial[2] for trial in trials if trial[2] is not None)
             step.metrics({"trials": len(trials), "best_score": best})
-        with lineage.step_run("train", {"training": {"epochs": 100}, "warm_start": ""},
-                              inputs={name: pair(name) for name in ("examples", "transform", "tuning")}) as step:
+        with tracking.step_run("train", {"training": {"epochs": 100}, "warm_start": ""},
+                               inputs={name: pair(name) for name in ("examples", "transform", "tuning")}) as step:
             step.output("model", *pair("model"))
             step.metrics({"eval_accuracy": accuracy, "eval_loss": 0.2, "epochs_trained": 40, "best_epoch": 30})
             record.steps["train"] = step.run_id
-        with lineage.step_run("resolve-baseline", {"serving_dir": str(serving), "model_name": "penguins"}) as step:
+        with tracking.step_run("resolve-baseline", {"serving_dir": str(serving), "model_name": "penguins"}) as step:
             record.steps["resolve-baseline"] = step.run_id
-        with lineage.step_run("evaluate", {"evaluation": {}, "beam": {}},
-                              inputs={"examples": pair("examples"), "model": pair("model")}) as step:
+        with tracking.step_run("evaluate", {"evaluation": {}, "beam": {}},
+                               inputs={"examples": pair("examples"), "model": pair("model")}) as step:
             step.output("evaluation", *pair("evaluation"))
             step.metrics({"eval_accuracy": accuracy, "eval_loss": 0.2, "eval_example_count": 63})
-            step.tags({"tunepipe.blessed": str(blessed).lower()})
+            step.tags({tags.BLESSED: tags.flag(blessed)})
             record.steps["evaluate"] = step.run_id
         if push_version is not None:
-            with lineage.step_run("push", {"serving_dir": str(serving), "model_name": "penguins", "force_push": False},
-                                  inputs={"model": pair("model")}) as step:
-                step.tags({"tunepipe.push.pushed": "true", "tunepipe.push.reason": "blessed",
-                           "tunepipe.push.version": str(push_version), "tunepipe.push.forced": "false"})
+            with tracking.step_run("push", {"serving_dir": str(serving), "model_name": "penguins", "force_push": False},
+                                   inputs={"model": pair("model")}) as step:
+                step.tags({tags.PUSHED: tags.flag(True), tags.PUSH_REASON: "blessed",
+                           tags.PUSH_VERSION: str(push_version), tags.PUSH_FORCED: tags.flag(False)})
                 record.steps["push"] = step.run_id
     if push_version is not None:
         register(serving, push_version, record.steps["train"], digests["model"], forced=False)
@@ -182,10 +184,10 @@ def record_cached_run(root: Path, serving: Path, name: str, fingerprint: str, sp
     uris, digests = record.uris, record.digests
     params = {"source": SOURCE, "label": "species", "code_version": f"0.1.0+{name}", "cache": True,
               "force_push": True}
-    with lineage.pipeline_run(EXPERIMENT, str(root), None, params, run_name=name) as parent:
+    with tracking.pipeline_run(EXPERIMENT, str(root), None, params, run_name=name) as parent:
         record.run_id = parent.info.run_id
-        with lineage.step_run("resolve-source", {"source": SOURCE, "fingerprint": fingerprint}) as step:
-            step.tags({"tunepipe.spans": spans})
+        with tracking.step_run("resolve-source", {"source": SOURCE, "fingerprint": fingerprint}) as step:
+            step.tags({tags.SPANS: spans})
             record.steps["resolve-source"] = step.run_id
         facts = {"ingest": {"rows_read": 344, "rejected": 0, "rows_train": 281, "rows_eval": 63},
                  "preprocess": {"features": 6, "classes": 3},
@@ -193,26 +195,26 @@ def record_cached_run(root: Path, serving: Path, name: str, fingerprint: str, sp
                  "train": {"eval_accuracy": 0.9, "epochs_trained": 40, "warm_started": False}}
         for step_name, artifact in (("ingest", "examples"), ("preprocess", "transform"), ("tune", "tuning"),
                                     ("train", "model")):
-            lineage.record_cached_step(step_name, {artifact: (uris[artifact], digests[artifact])},
-                                       {**facts[step_name], "digest": digests[artifact]})
-        with lineage.step_run("resolve-baseline", {"serving_dir": str(serving), "model_name": "penguins"}) as step:
+            tracking.record_cached_step(step_name, {artifact: (uris[artifact], digests[artifact])},
+                                        {**facts[step_name], "digest": digests[artifact]})
+        with tracking.step_run("resolve-baseline", {"serving_dir": str(serving), "model_name": "penguins"}) as step:
             record.steps["resolve-baseline"] = step.run_id
-        with lineage.step_run("evaluate", {"evaluation": {}, "beam": {}},
-                              inputs={"examples": (uris["examples"], digests["examples"]),
-                                      "model": (uris["model"], digests["model"])}) as step:
+        with tracking.step_run("evaluate", {"evaluation": {}, "beam": {}},
+                               inputs={"examples": (uris["examples"], digests["examples"]),
+                                       "model": (uris["model"], digests["model"])}) as step:
             step.output("evaluation", uris["evaluation"], digests["evaluation"])
             step.metrics({"eval_accuracy": 0.9, "eval_loss": 0.25})
-            step.tags({"tunepipe.blessed": "false"})
+            step.tags({tags.BLESSED: tags.flag(False)})
             record.steps["evaluate"] = step.run_id
-        with lineage.step_run("push", {"serving_dir": str(serving), "model_name": "penguins", "force_push": True},
-                              inputs={"model": (uris["model"], digests["model"])}) as step:
-            step.tags({"tunepipe.push.pushed": "true",
-                       "tunepipe.push.reason": "forced by --force-push although not blessed",
-                       "tunepipe.push.version": "1", "tunepipe.push.forced": "true"})
+        with tracking.step_run("push", {"serving_dir": str(serving), "model_name": "penguins", "force_push": True},
+                               inputs={"model": (uris["model"], digests["model"])}) as step:
+            step.tags({tags.PUSHED: tags.flag(True),
+                       tags.PUSH_REASON: "forced by --force-push although not blessed",
+                       tags.PUSH_VERSION: "1", tags.PUSH_FORCED: tags.flag(True)})
             record.steps["push"] = step.run_id
     client = MlflowClient()
-    for run in client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{record.run_id}'"):
-        record.steps.setdefault(run.data.tags["tunepipe.step"], run.info.run_id)
+    for run in client.search_runs([parent.info.experiment_id], f"tags.`{tags.PARENT_RUN}` = '{record.run_id}'"):
+        record.steps.setdefault(run.data.tags[tags.STEP], run.info.run_id)
     # The model metadata kfp's cache returned names run 1's training run.
     register(serving, 1, reused.steps["train"], digests["model"], forced=True)
     return record
@@ -238,7 +240,7 @@ def store(tmp_path_factory) -> Store:
 
 
 @pytest.fixture(autouse=True)
-def tracking(store, monkeypatch):
+def tracking_store(store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
 
 
@@ -412,6 +414,54 @@ def test_an_unknown_experiment_names_the_ones_there():
         queries.pipeline_runs("ravens")
 
 
+def test_the_queries_read_what_tracking_and_the_registry_write(tmp_path, monkeypatch):
+    """The pipeline, step and cache records written by `pipeline.tracking` and the model version by
+    `pipeline.registry.register` (not by this module's imitations of them), the step facts set through
+    the step recorder as the hooks set them: a tag the writer and the reader name differently fails here."""
+    from components.push import PushResult
+    from pipeline import registry
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = (str(tmp_path / "model"), digest("writers/model"))
+    try:
+        with tracking.pipeline_run("writers", str(tmp_path), None, {"source": SOURCE}, run_name="writers-1"):
+            with tracking.step_run("resolve-source", {"source": SOURCE, "fingerprint": digest("files")}) as step:
+                step.tags({tags.SPANS: "span-7", tags.FILES: "1"})
+            tracking.record_cached_step("train", {"model": model}, {"eval_accuracy": 0.9})
+            with tracking.step_run("evaluate", {}, inputs={"model": model}) as step:
+                step.metrics({"eval_accuracy": 0.9})
+                step.tags({tags.BLESSED: tags.flag(True)})
+            with tracking.step_run("push", {"model_name": "writers"}, inputs={"model": model}) as step:
+                step.tags({tags.PUSHED: tags.flag(True), tags.PUSH_VERSION: "7", tags.PUSH_REASON: "blessed",
+                           tags.PUSH_FORCED: tags.flag(False)})
+                pushed = PushResult(True, "blessed", version=7, path=str(tmp_path / "serving" / "writers" / "7"),
+                                    digest=model[1])
+                registry.register("writers", pushed, step.run_id)
+        with pytest.raises(ValueError, match="no examples"):
+            with tracking.pipeline_run("writers", str(tmp_path), None, {"source": SOURCE}, run_name="writers-2"):
+                with tracking.step_run("ingest", {"source": SOURCE}):
+                    raise ValueError("no examples")
+    finally:
+        mlflow.set_tracking_uri(None)
+
+    failed, pushed_run = queries.pipeline_runs("writers", tracking_uri=uri)
+    assert pushed_run.name == "writers-1"
+    assert pushed_run.pushed_version == "7" and pushed_run.push_reason == "blessed" and pushed_run.blessed is True
+    assert pushed_run.spans == ("span-7",) and pushed_run.fingerprint == digest("files")
+    assert pushed_run.cached_steps == ("train",) and pushed_run.accuracy == 0.9
+    assert failed.failed_step == "ingest" and failed.error == "no examples"
+    assert failed.push_reason == "failed in ingest: no examples"
+
+    graph = queries.lineage("writers@production", tracking_uri=uri)
+    version = graph.nodes["model:writers:1"]
+    assert version.target and version.facts["serving version"] == "7" and version.facts["digest"] == model[1]
+    assert "@production" in version.facts["aliases"] and version.facts["forced"] == "false"
+    assert step_nodes(graph)["push"].facts["pipeline run"] == f"writers-1 ({pushed_run.run_id})"
+    assert {("push", "writers v1", "registered"), ("evaluate", "push", "blessing"),
+            ("model", "push", "model")} <= edge_labels(graph)
+
+
 # -- renderers -------------------------------------------------------------------------------------
 
 def test_dot_mermaid_html_and_json_name_the_chain(store):
@@ -428,7 +478,8 @@ def test_dot_mermaid_html_and_json_name_the_chain(store):
     mermaid = queries.to_mermaid(graph)
     assert mermaid.startswith("flowchart LR\n")
     for label in ("source: /data/penguins/*.csv", "step: tune", "trial: best trial 0002", "model: penguins v1",
-                  "artifact: tuning", "spans span-1, span-2"):
+                  "artifact: tuning", "spans span-1, span-2",
+                  "4 trials, best val_accuracy 0.9700"):  # the step registry's summary of the tune step
         assert label in mermaid, label
     assert "-->|blessing|" in mermaid and "class " in mermaid
     assert '"' not in mermaid.replace('["', "").replace('"]', "").replace('[("', "").replace('")]', "") \

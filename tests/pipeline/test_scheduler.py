@@ -24,7 +24,7 @@ from click.testing import CliRunner
 
 from pipeline import scheduler
 from pipeline.cli import main
-from pipeline.errors import TunepipeError
+from components.errors import TunepipeError
 
 START = dt.datetime(2026, 1, 1, 2, 59, 30).timestamp()  # local time, 30 s before a minute tick
 REAL_PAUSE = 0.002  # what each fake sleep really waits, so that the subprocesses get to run

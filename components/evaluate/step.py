@@ -1,0 +1,312 @@
+"""The evaluate step: TensorFlow Model Analysis on Beam over the held-out split, the candidate model
+side by side with the baseline (the model in production), and the blessing that decides the push.
+
+The held-out split is `test` when the examples have one, else `eval`. Rows whose label the
+candidate never saw in training cannot be scored and are left out (counted and reported). The
+policy (thresholds, defaults, failures) is `components.evaluate.blessing`; TFMA's configuration and
+output `components.evaluate.tfma_runner`; the report `components.evaluate.report`.
+
+The baseline is a `model` artifact or a SavedModel as push copied it to the serving directory
+(no manifest, no label vocabulary there). Both are scored against the candidate's label indices, so a
+baseline whose classes differ from the candidate's (a different vocabulary, or for a served copy a
+different number of classes) cannot be compared: it is left out, change thresholds are skipped, and
+the blessing's notes say why.
+
+Output layout (an `evaluation` artifact):
+
+    tfma/                 TFMA's own output: metrics, plots, validations, eval_config.json
+    blessing.json         {blessed, failures: [{metric, class, slice, threshold, value, ...,
+                          by_how_much}], baseline, thresholds, skipped_thresholds, defaulted, notes}
+    metrics.json          overall and per-slice metrics of the candidate and the baseline, plain numbers
+    confusion_matrix.json {categories, matrix}: rows are the actual class, columns the predicted one
+                          (a KFP ClassificationMetrics artifact takes it as it is)
+    report.md             what a person reads in the KFP UI
+    _manifest.json        written last
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
+
+from components import artifacts
+from components.beam_run import BeamConfig
+from components.errors import ConfigError, DataError
+from components.evaluate import tfma_runner
+from components.evaluate.blessing import BASELINE, CANDIDATE, describe, per_class_failures, plain, thresholds
+from components.evaluate.config import EvaluationConfig
+from components.evaluate.metrics import ordered
+from components.evaluate.report import REPORT, report
+from components.examples import held_out_split, split_files
+from components.schema import Schema
+from components.serving import EXAMPLES_INPUT, LABEL_VOCABULARY, PROBABILITIES, SAVED_MODEL, SERVING_SIGNATURE
+
+log = logging.getLogger("tunepipe.evaluate")
+
+BLESSING = "blessing.json"
+METRICS = "metrics.json"
+CONFUSION_MATRIX = "confusion_matrix.json"
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    path: str
+    blessed: bool
+    split: str
+    example_count: int
+    metrics: dict[str, Any]  # the candidate's overall metrics (per-class ones as {class: value})
+    baseline: str | None
+    baseline_metrics: dict[str, Any] | None
+    failures: list[dict[str, Any]]
+    thresholds: list[dict[str, Any]]  # applied
+    skipped_thresholds: list[dict[str, Any]]  # configured or default, not applied, with the reason
+    defaulted: bool
+    notes: list[str] = field(default_factory=list)
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class _Model:
+    path: str
+    label_vocabulary: tuple[str, ...] | None
+    known_vocabulary: bool = True  # False: only the number of classes is known
+
+
+def _read_vocabulary(path: Path, manifest: dict[str, Any] | None) -> tuple[str, ...] | None:
+    if manifest and manifest.get("label_vocabulary"):
+        return tuple(str(label) for label in manifest["label_vocabulary"])
+    if (path / LABEL_VOCABULARY).is_file():
+        return tuple(line for line in (path / LABEL_VOCABULARY).read_text().splitlines() if line)
+    return None
+
+
+def _output_classes(path: Path, role: str) -> int | None:
+    """Check that the SavedModel has the signature TFMA will call; the number of classes it scores.
+
+    Reads saved_model.pb only (no graph is loaded), so a wrong directory fails here in one line
+    rather than deep inside the Beam pipeline.
+    """
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        saved_model.ParseFromString((path / SAVED_MODEL).read_bytes())
+    except Exception as error:  # protobuf raises its own DecodeError
+        raise DataError(f"the {role} {path}: saved_model.pb cannot be read ({error})") from None
+    signature = next((graph.signature_def[SERVING_SIGNATURE] for graph in saved_model.meta_graphs
+                      if SERVING_SIGNATURE in graph.signature_def), None)
+    if signature is None or EXAMPLES_INPUT not in signature.inputs or PROBABILITIES not in signature.outputs:
+        raise DataError(f"the {role} {path} has no {SERVING_SIGNATURE!r} signature taking serialized tf.Examples "
+                        f"({EXAMPLES_INPUT!r}) and returning {PROBABILITIES!r}: not a model tunepipe exported")
+    dims = signature.outputs[PROBABILITIES].tensor_shape.dim
+    return dims[-1].size if dims and dims[-1].size > 0 else None
+
+
+def _candidate(model: str | os.PathLike[str]) -> _Model:
+    path = Path(model)
+    manifest = artifacts.read_manifest(path, artifacts.MODEL)
+    if not (path / SAVED_MODEL).is_file():
+        raise DataError(f"{path}: the model artifact has no saved_model.pb")
+    vocabulary = _read_vocabulary(path, manifest)
+    if not vocabulary:
+        raise DataError(f"{path}: the model artifact has no label vocabulary ({LABEL_VOCABULARY})")
+    _output_classes(path, "model")
+    return _Model(str(path), vocabulary)
+
+
+def _baseline(baseline: str | os.PathLike[str]) -> _Model:
+    """A `model` artifact, or a SavedModel as pushed to the serving directory (no manifest there)."""
+    path = Path(baseline)
+    if not path.is_dir():
+        raise DataError(f"the baseline model {path} does not exist")
+    manifest = None
+    if (path / artifacts.MANIFEST).is_file():
+        manifest = artifacts.read_manifest(path, artifacts.MODEL)
+    if not (path / SAVED_MODEL).is_file():
+        raise DataError(f"the baseline {path} is neither a model artifact nor a SavedModel directory "
+                        f"(no saved_model.pb)")
+    vocabulary = _read_vocabulary(path, manifest)
+    classes = _output_classes(path, "baseline")
+    if vocabulary is None and classes is not None:
+        # A served copy has no vocabulary file: the class count is all that can be compared.
+        vocabulary = tuple(f"class {index}" for index in range(classes))
+        return _Model(str(path), vocabulary, known_vocabulary=False)
+    return _Model(str(path), vocabulary)
+
+
+def _incomparable(baseline: _Model, vocabulary: tuple[str, ...]) -> bool:
+    """True when the baseline's class i is not the candidate's class i (as far as can be known)."""
+    if baseline.label_vocabulary is None:
+        return False
+    if not baseline.known_vocabulary:
+        return len(baseline.label_vocabulary) != len(vocabulary)
+    return baseline.label_vocabulary != vocabulary
+
+
+def _check_slices(config: EvaluationConfig, schema: Schema, examples: str | os.PathLike[str]) -> None:
+    unknown = [name for name in config.slices if name not in schema.names]
+    if unknown:
+        raise ConfigError(f"evaluation.slices: {', '.join(repr(name) for name in unknown)} "
+                          f"{'is not a column' if len(unknown) == 1 else 'are not columns'} of {examples} "
+                          f"(columns: {', '.join(schema.names)})")
+
+
+@dataclass(frozen=True)
+class _LabelCounts:
+    per_class: dict[str, int]  # rows per class of the candidate's vocabulary
+    unknown: int  # rows whose label the candidate does not know
+
+    @property
+    def known(self) -> int:
+        return sum(self.per_class.values())
+
+    @property
+    def majority_share(self) -> float:
+        return max(self.per_class.values()) / self.known if self.known else 0.0
+
+
+def _label_counts(files: list[str], label: str, vocabulary: tuple[str, ...]) -> _LabelCounts:
+    """One pass over the label column only: class counts for the default threshold and the report."""
+    counts = np.zeros(len(vocabulary), dtype=np.int64)
+    unknown = 0
+    value_set = pa.array(vocabulary, pa.string())
+    for path in files:
+        with FileSystems.open(path) as handle:
+            column = pq.read_table(handle, columns=[label]).column(label)
+        indices = pc.index_in(pc.cast(column, pa.string()), value_set=value_set)
+        known = indices.drop_null().to_numpy()
+        counts += np.bincount(known, minlength=len(vocabulary))
+        unknown += len(indices) - len(known)
+    return _LabelCounts({name: int(count) for name, count in zip(vocabulary, counts)}, unknown)
+
+
+def run(examples: str | os.PathLike[str], model: str | os.PathLike[str], out: str | os.PathLike[str],
+        config: EvaluationConfig, beam_config: BeamConfig, baseline: str | os.PathLike[str] | None = None
+        ) -> EvaluateResult:
+    """Evaluate `model` (and `baseline`, the model in production, if any) on the held-out split of
+    `examples` with TFMA and write the `evaluation` artifact, with the blessing, at `out`."""
+    out = Path(out)
+    artifacts.read_manifest(examples, artifacts.EXAMPLES)
+    schema = Schema.read(examples)
+    candidate = _candidate(model)
+    baseline_model = _baseline(baseline) if baseline is not None else None
+    _check_slices(config, schema, examples)
+    split = held_out_split(examples)
+    files = split_files(examples, split)
+    if not files:
+        raise DataError(f"{examples}: the {split} split has no data files")
+    vocabulary = candidate.label_vocabulary
+    notes: list[str] = []
+    if baseline_model is not None and _incomparable(baseline_model, vocabulary):
+        notes.append(f"the baseline {baseline_model.path} scores other classes "
+                     f"({', '.join(baseline_model.label_vocabulary)}) than the candidate "
+                     f"({', '.join(vocabulary)}): it cannot be compared, so it is left out")
+        log.warning("evaluate: %s", notes[-1])
+        baseline_model = None
+
+    label = schema.label.name
+    counts = _label_counts(files, label, vocabulary)
+    if counts.known == 0:
+        raise DataError(f"{examples}: the {split} split has no rows with a label the model knows "
+                        f"({', '.join(vocabulary)})")
+    if counts.unknown:
+        notes.append(f"{counts.unknown} row(s) of the {split} split have a label the model was not trained on; "
+                     f"they are left out")
+        log.warning("evaluate: %s", notes[-1])
+    applied, skipped, threshold_notes = thresholds(config, counts.majority_share, baseline_model is not None)
+    notes += threshold_notes
+    tfma_config = tfma_runner.eval_config(vocabulary, config.slices, applied, baseline_model is not None,
+                              config.thresholds_on_slices)
+
+    # Features for the model, slice columns for slicing, the raw label for slicing by class.
+    kinds = schema.kinds()
+    columns = {name: kinds[name] for name in
+               dict.fromkeys([column.name for column in schema.features] + list(config.slices) + [label])}
+    log.info("evaluate: TFMA over the %s split (%d rows) for %s%s on %s", split, counts.known, candidate.path,
+             f" against the baseline {baseline_model.path}" if baseline_model else " (no baseline)",
+             beam_config.runner)
+    started = time.monotonic()
+    with artifacts.building(out) as partial:
+        tfma_dir = str(partial / tfma_runner.TFMA_DIR)
+        tfma_runner.run_tfma(files, columns, label, vocabulary, candidate.path,
+                             baseline_model.path if baseline_model else None, tfma_config, tfma_dir, beam_config)
+        sliced = tfma_runner.read_metrics(tfma_dir, vocabulary)
+        matrices = tfma_runner.confusion_matrices(tfma_dir, vocabulary)
+        tfma_runner.blank_undefined_auc(sliced, matrices, vocabulary)
+        validation_ok, failures = tfma_runner.tfma_failures(tfma_dir, applied, sliced, vocabulary)
+        class_failures, class_notes = per_class_failures(applied, sliced, config.slices, config.thresholds_on_slices)
+        failures += class_failures
+        notes += class_notes
+        overall = sliced.get((), {})
+        candidate_metrics = ordered(overall.get(CANDIDATE, {}))
+        baseline_metrics = ordered(overall[BASELINE]) if BASELINE in overall else None
+        example_count = int(candidate_metrics.get("example_count") or 0)
+        blessed = bool(validation_ok) and not failures
+
+        blessing = {
+            "blessed": blessed,
+            "failures": failures,
+            "candidate": candidate.path,
+            "baseline": baseline_model.path if baseline_model else None,
+            "split": split,
+            "example_count": example_count,
+            "thresholds": [threshold.to_json() for threshold in applied],
+            "skipped_thresholds": [threshold.to_json() for threshold in skipped],
+            "defaulted": any(threshold.source == "default" for threshold in applied + skipped),
+            "notes": notes,
+        }
+        metrics_document = {
+            "split": split,
+            "example_count": example_count,
+            "rows_left_out": counts.unknown,
+            "label_vocabulary": list(vocabulary),
+            "class_counts": counts.per_class,
+            "overall": {CANDIDATE: candidate_metrics, BASELINE: baseline_metrics,
+                        "change": ordered(overall["change"]) if "change" in overall else None},
+            "slices": _per_slice(sliced, config.slices),
+        }
+        matrix = {"categories": list(vocabulary),
+                  "matrix": matrices.get((), [[0] * len(vocabulary) for _ in vocabulary])}
+        _write_json(partial / BLESSING, blessing)
+        _write_json(partial / METRICS, metrics_document)
+        _write_json(partial / CONFUSION_MATRIX, matrix)
+        (partial / REPORT).write_text(report(blessing, metrics_document, matrix))
+        manifest = artifacts.write_manifest(partial, artifacts.EVALUATION, "evaluate", blessed=blessed, split=split,
+                                            example_count=example_count, candidate=candidate.path,
+                                            baseline=blessing["baseline"], examples=str(examples))
+    result = EvaluateResult(str(out), blessed, split, example_count, candidate_metrics, blessing["baseline"],
+                            baseline_metrics, failures, blessing["thresholds"], blessing["skipped_thresholds"],
+                            blessing["defaulted"], notes, manifest["digest"])
+    log.info("evaluate: %d examples in %.0fs; %s", example_count, time.monotonic() - started,
+             "blessed" if blessed else "NOT blessed: " + "; ".join(describe(f) for f in failures))
+    return result
+
+
+def _per_slice(sliced: dict[tuple, dict[str, dict[str, Any]]], slices: tuple[str, ...]) -> dict[str, Any]:
+    """column -> value -> {candidate, baseline, change}, values in a stable order."""
+    document: dict[str, dict[str, Any]] = {column: {} for column in slices}
+    for slice_key in sorted((key for key in sliced if key), key=lambda key: [(c, str(v)) for c, v in key]):
+        if len(slice_key) != 1:
+            continue
+        column, value = slice_key[0]
+        by_model = sliced[slice_key]
+        document.setdefault(column, {})[str(plain(value))] = {
+            CANDIDATE: ordered(by_model.get(CANDIDATE, {})),
+            BASELINE: ordered(by_model[BASELINE]) if BASELINE in by_model else None,
+            "change": ordered(by_model["change"]) if "change" in by_model else None,
+        }
+    return document
+
+
+def _write_json(path: Path, document: Any) -> None:
+    path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")

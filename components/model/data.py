@@ -1,0 +1,96 @@
+"""The tf.data input that tune and train share: examples streamed from the Parquet shards of one
+split in record batches; the whole table is never loaded. Missing numeric values arrive as NaN and
+missing categories as "" (both handled by the preprocessing layers); the label becomes its index in
+the sorted label vocabulary.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from components.errors import DataError
+from components.examples import split_files
+from components.schema import NUMERIC
+from components.transform import Transform
+
+log = logging.getLogger("tunepipe.model")
+
+# Rows read from Parquet per record batch, and rows shuffled together in training. Both bound memory:
+# neither depends on the size of the table.
+READ_BATCH_ROWS = 8192
+SHUFFLE_BUFFER_ROWS = 10_000
+
+
+def _feature_arrays(batch: pa.RecordBatch, transform: Transform) -> dict[str, np.ndarray]:
+    features = {}
+    for feature in transform.features:
+        column = batch.column(feature.name)
+        if feature.kind == NUMERIC:
+            # Nulls become NaN: the model's FillMissing layer replaces them with the train fill value.
+            values = pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False)
+        else:
+            values = pc.fill_null(pc.cast(column, pa.string()), "").to_numpy(zero_copy_only=False)
+        features[feature.name] = values.reshape(-1, 1)
+    return features
+
+
+def _label_indices(batch: pa.RecordBatch, transform: Transform) -> np.ndarray:
+    """Index of each row's label in the sorted label vocabulary; -1 for a label the train split never had."""
+    indices = pc.index_in(pc.cast(batch.column(transform.label), pa.string()),
+                          value_set=pa.array(transform.label_vocabulary, pa.string()))
+    return pc.fill_null(indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
+
+
+def dataset(examples: str | os.PathLike[str], split: str, transform: Transform, batch_size: int, *,
+            shuffle: bool = False, seed: int | None = None, with_labels: bool = True):
+    """A `tf.data.Dataset` of (features, label index) batches streamed from one split's Parquet shards.
+
+    With `shuffle`, the shard order changes every epoch and rows are shuffled in a bounded buffer.
+    Rows whose label is not in the label vocabulary cannot be scored and are left out.
+    """
+    import tensorflow as tf
+
+    files = split_files(examples, split)
+    if not files:
+        raise DataError(f"{examples}: the {split} split has no data files")
+    columns = [feature.name for feature in transform.features] + ([transform.label] if with_labels else [])
+    epochs = itertools.count()
+    unknown_labels_reported = False
+
+    def record_batches():
+        nonlocal unknown_labels_reported
+        order = list(files)
+        if shuffle:
+            np.random.default_rng((seed or 0) + next(epochs)).shuffle(order)
+        unknown = 0
+        for path in order:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=READ_BATCH_ROWS, columns=columns):
+                features = _feature_arrays(batch, transform)
+                if not with_labels:
+                    yield features
+                    continue
+                labels = _label_indices(batch, transform)
+                known = labels >= 0
+                if not known.all():
+                    unknown += int((~known).sum())
+                    features = {name: values[known] for name, values in features.items()}
+                    labels = labels[known]
+                yield features, labels
+        if unknown and not unknown_labels_reported:
+            unknown_labels_reported = True
+            log.warning("%s split: %d row(s) have a label the train split does not have; they are left out",
+                        split, unknown)
+
+    feature_spec = {feature.name: tf.TensorSpec([None, 1], tf.float32 if feature.kind == NUMERIC else tf.string)
+                    for feature in transform.features}
+    signature = (feature_spec, tf.TensorSpec([None], tf.int32)) if with_labels else feature_spec
+    rows = tf.data.Dataset.from_generator(record_batches, output_signature=signature).unbatch()
+    if shuffle:
+        rows = rows.shuffle(SHUFFLE_BUFFER_ROWS, seed=seed, reshuffle_each_iteration=True)
+    return rows.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,59 @@
+"""The Keras preprocessing layers built from a `transform` artifact: the front of every model that
+is tuned, trained and served, so raw features are encoded the same way in training and serving.
+
+Numeric: missing values (NaN) become the fill value, then `Normalization` with the train split's
+mean and variance. Categorical: `StringLookup` over the train vocabulary with out-of-vocabulary
+indices (a missing value, the empty string, is out of vocabulary), one-hot or embedded.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+from components.schema import NUMERIC
+from components.transform import ONE_HOT, Transform
+
+
+@keras.saving.register_keras_serializable(package="tunepipe")
+class FillMissing(keras.layers.Layer):
+    """Replaces NaN (a missing numeric value) with a fixed fill value, e.g. the train mean."""
+
+    def __init__(self, fill_value: float, **kwargs):
+        super().__init__(**kwargs)
+        self.fill_value = float(fill_value)
+
+    def call(self, inputs):
+        return ops.where(ops.isnan(inputs), ops.full_like(inputs, self.fill_value), inputs)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "fill_value": self.fill_value}
+
+
+def build_preprocessing(transform: Transform):
+    """Keras inputs (one per raw feature, shape (1,)) and the encoded, concatenated feature tensor."""
+    inputs: dict[str, Any] = {}
+    encoded = []
+    for feature in transform.features:
+        if feature.kind == NUMERIC:
+            raw = keras.Input(shape=(1,), name=feature.name, dtype="float32")
+            filled = FillMissing(feature.fill_value, name=f"{feature.name}_fill")(raw)
+            encoded.append(keras.layers.Normalization(mean=feature.mean, variance=feature.variance,
+                                                      name=f"{feature.name}_normalize")(filled))
+        else:
+            raw = keras.Input(shape=(1,), name=feature.name, dtype="string")
+            if feature.encoding == ONE_HOT:
+                encoded.append(keras.layers.StringLookup(vocabulary=list(feature.vocabulary),
+                                                         num_oov_indices=feature.num_oov_indices,
+                                                         output_mode="one_hot", name=f"{feature.name}_lookup")(raw))
+            else:
+                index = keras.layers.StringLookup(vocabulary=list(feature.vocabulary),
+                                                  num_oov_indices=feature.num_oov_indices,
+                                                  name=f"{feature.name}_lookup")(raw)
+                vectors = keras.layers.Embedding(len(feature.vocabulary) + feature.num_oov_indices,
+                                                 feature.embedding_dim, name=f"{feature.name}_embed")(index)
+                encoded.append(keras.layers.Flatten(name=f"{feature.name}_flat")(vectors))
+        inputs[feature.name] = raw
+    features = encoded[0] if len(encoded) == 1 else keras.layers.Concatenate(name="features")(encoded)
+    return inputs, features

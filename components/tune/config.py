@@ -1,0 +1,64 @@
+"""The `tuner` config section: the hyperparameter search (Keras Tuner), owned by the tune step."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from components import objectives
+from components.model.space import SearchSpaceConfig
+from components.section import Section
+from components.tune.algorithms import ALGORITHMS
+
+
+class TunerConfig(Section):
+    """The hyperparameter search (Keras Tuner). Owned by the tune step.
+
+    Hyperband runs trials of 1..`max_epochs` epochs in brackets shrinking by `factor`; random and
+    bayesian run `max_trials` trials of up to `max_epochs` epochs. Every trial stops early after
+    `early_stopping_patience` epochs without improving the objective.
+    """
+
+    enabled: bool = True
+    algorithm: str = "hyperband"  # a name in components.tune.algorithms.ALGORITHMS
+    # Defaults sized for a small table on two CPU cores: Hyperband runs 10 trials (5 of 3 epochs, 2 of
+    # them continued to 8, 3 of 8), about 50 epochs; measured in bench/tuning/RESULTS.md.
+    max_epochs: int = Field(8, ge=1)
+    factor: int = Field(3, ge=2)
+    hyperband_iterations: int = Field(1, ge=1)
+    max_trials: int = Field(10, ge=1)
+    # Bayesian: random trials before the Gaussian process proposes; None is a third of max_trials (at
+    # least 3). Keras Tuner's own default, 3 per hyperparameter, would leave a small budget all random.
+    bayesian_initial_trials: int | None = Field(None, ge=1)
+    seed: int = 42
+    objective: Literal["val_accuracy", "val_loss", "accuracy", "loss"] = "val_accuracy"
+    # None: maximize accuracies, minimize losses.
+    direction: Literal["max", "min"] | None = None
+    batch_size: int = Field(32, ge=1)
+    early_stopping_patience: int = Field(3, ge=1)
+    # The search stops (and fails) after this many failed trials in a row.
+    max_consecutive_failed_trials: int = Field(3, ge=1)
+    # When a run reuses hyperparameters (`tunepipe retrain`), it searches again anyway once the last
+    # search over the same search space is older than this many days; null: reuse whatever its age.
+    retune_after_days: float | None = Field(7, gt=0)
+    search_space: SearchSpaceConfig = SearchSpaceConfig()
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, name: str) -> str:
+        if name not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm (allowed: {', '.join(ALGORITHMS)})")
+        return name
+
+    @model_validator(mode="after")
+    def _direction_fits_objective(self) -> TunerConfig:
+        natural = objectives.direction(self.objective)
+        if self.direction is not None and self.direction != natural:
+            raise ValueError(f"direction {self.direction} contradicts the objective {self.objective}, which is "
+                             f"{'maximized' if natural == objectives.MAX else 'minimized'}")
+        return self
+
+    @property
+    def resolved_direction(self) -> str:
+        return self.direction or objectives.direction(self.objective)
+

@@ -1,0 +1,213 @@
+"""The per-step hooks of the launcher: for each step, the few lines between the task's arguments and
+its plain component that really differ from step to step (which paths and sections the component
+takes, what the step records, what the kfp task returns). Everything steps share is
+`pipeline.launcher.run_step`.
+
+Each hook takes a `StepContext` and returns an `Outcome`; the registry (`pipeline.steps`) names
+the hook of every step. Components are called through `context.component`, the function the
+registry names, and heavy modules are imported inside the hooks that need them.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections import namedtuple
+from typing import Any
+
+from components import artifacts
+from pipeline import tags
+from pipeline.launcher import Outcome, StepContext, log_kfp_metrics
+
+
+def resolve_source(context: StepContext) -> Outcome:
+    """The spans to read now (the newest `data.span_window` of a span pattern) and a fingerprint of
+    their files; returned as two parameters, the fingerprint keying ingest's cache."""
+    data = context.config["data"]
+    resolved = context.component(data.source, data.span_window)
+    spans = f", spans {', '.join(resolved.spans)}" if resolved.spans else ""
+    print(f"resolve-source: {len(resolved.files)} file(s) match {data.source}{spans}")
+    recorded = {tags.FINGERPRINT: resolved.fingerprint, tags.FILES: str(len(resolved.files))}
+    if resolved.spans:
+        recorded[tags.SPANS] = ",".join(resolved.spans)
+    returns = namedtuple("SourceOutputs", ["fingerprint", "spans"])(resolved.fingerprint, list(resolved.spans))
+    return Outcome(tags=recorded, returns=returns)
+
+
+def ingest(context: StepContext) -> Outcome:
+    spans = context.parameters.get("spans") or None
+    data = context.config["data"]
+    result = context.component(data, context.config["beam"], context.path(artifacts.EXAMPLES), spans=spans)
+    counts = {**{key: value for key, value in result.counts.items() if key != "splits"},
+              **{f"rows_{split}": rows for split, rows in result.counts["splits"].items()}}
+    log_kfp_metrics(context.artifacts["metrics"], counts)
+    return Outcome(digests={artifacts.EXAMPLES: result.digest}, metrics=counts, facts={"label": data.label},
+                   tags={tags.SPANS: ",".join(result.spans)} if result.spans else {})
+
+
+def preprocess(context: StepContext) -> Outcome:
+    result = context.component(context.path(artifacts.EXAMPLES), context.path(artifacts.TRANSFORM),
+                               context.config["preprocess"], context.config["beam"])
+    transform = result.transform
+    return Outcome(digests={artifacts.TRANSFORM: result.digest},
+                   metrics={"features": len(transform.features), "classes": len(transform.label_vocabulary),
+                            "train_rows": transform.train_rows})
+
+
+def _work_dir(root: str, step: str, *keys: Any) -> str:
+    """A working directory that outlives one attempt of a step (Keras Tuner's state), keyed by
+    everything that makes two attempts the same search."""
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return os.path.join(root, step, digest)
+
+
+def tune(context: StepContext) -> Outcome:
+    """Keras Tuner over the transform's features, every trial a nested MLflow run; or, with
+    `reuse_hyperparameters`, the best hyperparameters of the last search over the same space
+    unless it is older than `tuner.retune_after_days`."""
+    from components.tune import reuse
+    from pipeline import trial_tracking
+
+    config, record = context.config["tuner"], context.record
+    examples, transform, out = (context.path(name) for name in (artifacts.EXAMPLES, artifacts.TRANSFORM,
+                                                                 artifacts.TUNING))
+    inputs = {name: (context.artifacts[name].uri, artifacts.read_manifest(context.path(name), name)["digest"])
+              for name in (artifacts.EXAMPLES, artifacts.TRANSFORM)}
+    work_dir = _work_dir(context.parameters["work_root"], "tune", inputs, context.parameters["options"])
+    record.params({"work_dir": work_dir})
+    previous = why = None
+    reusing = context.parameters["reuse_hyperparameters"]
+    if reusing:
+        if record.experiment_id is not None:
+            previous = trial_tracking.last_search(record.experiment_id, config)
+            why = reuse.reuse_decision(previous, config)
+        else:
+            why = "no tracking store to find an earlier search in"
+        print(f"tune: searching: {why}" if why else
+              f"tune: reusing the best hyperparameters of search run {previous.run_id}")
+    reused = reusing and why is None
+    if reused:
+        result = reuse.reuse(previous, examples, transform, out, config)
+        record.inputs({artifacts.TUNING: (previous.tuning_uri, previous.tuning_digest)})
+        how = tags.REUSED
+    else:
+        observer = trial_tracking.MlflowTrials(record.run_id, config.objective) if record.enabled else None
+        result = context.component(examples, transform, out, config, observer, work_dir=work_dir)
+        how = tags.SEARCHED if config.enabled else tags.OFF
+    recorded = {tags.TUNING: how, tags.SEARCH_SPACE: reuse.search_space_digest(config),
+                tags.BEST_HYPERPARAMETERS: json.dumps(result.best_hyperparameters, sort_keys=True)}
+    if reused:
+        recorded[tags.REUSED_FROM] = previous.run_id
+    elif why:
+        recorded[tags.TUNING_WHY] = why
+    if result.best_trial_id:
+        recorded[tags.BEST_TRIAL] = result.best_trial_id
+    metrics = {"best_score": result.best_score} if result.best_score is not None else {}
+    if not reused:
+        metrics["trials"] = len(result.trials)
+    facts = {"best_trial_id": result.best_trial_id or "", "objective": result.objective, "tuning": how,
+             **({"reused_from": previous.run_id} if reused else {})}
+    return Outcome(digests={artifacts.TUNING: result.digest}, metrics=metrics, facts=facts, tags=recorded)
+
+
+def train(context: StepContext) -> Outcome:
+    """The best hyperparameters, early stopping, the exported SavedModel; starting from the weights
+    of the served model at `warm_start_from` when it is given and they fit."""
+    from components import push
+    from pipeline import trial_tracking
+
+    record = context.record
+    warm_start = context.parameters["warm_start_from"] or None
+    if warm_start:
+        record.inputs({"warm_start": (warm_start, push.served_digest(warm_start) or "")})
+    training, model = context.config["training"], context.path(artifacts.MODEL)
+    epochs = trial_tracking.epoch_logger(record.run_id) if record.enabled else None
+    result = context.component(context.path(artifacts.EXAMPLES), context.path(artifacts.TRANSFORM), model, training,
+                               hyperparameters=context.path(artifacts.TUNING), warm_start=warm_start,
+                               search_space=context.config["tuner"].search_space, epoch_observer=epochs)
+    record.params({**result.hyperparameters,
+                   **{f"training.{name}": value for name, value in training.model_dump().items()}})
+    metrics = {f"eval_{name}": value for name, value in result.metrics.items()}
+    metrics.update(epochs_trained=result.epochs_trained, best_epoch=result.best_epoch,
+                   warm_started=int(result.warm_started))
+    if record.enabled:
+        record.log_artifacts(model, artifacts.MODEL)
+    return Outcome(digests={artifacts.MODEL: result.digest}, metrics=metrics,
+                   facts={"training_run_id": record.run_id or ""},
+                   tags={tags.WARM_START: result.warm_start_note[:tags.TAG_LIMIT]} if result.warm_start_note else {})
+
+
+def resolve_baseline(context: StepContext) -> Outcome:
+    """Which model is in production now (none on the first run); its path is returned too when
+    train is to warm-start from it: a parameter, not the artifact, so that train's cache key changes
+    only when a warm start's source does."""
+    from pipeline import registry
+
+    serving_dir, model_name = context.parameters["serving_dir"], context.parameters["model_name"]
+    registered = registry.production(model_name) if context.record.enabled else None
+    found = context.component(serving_dir, model_name, context.path("baseline"), registered=registered)
+    warm_start = context.parameters["warm_start"]
+    if warm_start and not found:
+        print("resolve-baseline: no model in production to warm-start from; train starts from scratch")
+    facts = {"found": found is not None,
+             **{key: value for key, value in (found.to_json() if found else {}).items() if value is not None}}
+    recorded = {tags.BASELINE_PATH: found.path, tags.BASELINE_SOURCE: found.source} if found else {}
+    return Outcome(facts=facts, tags=recorded, returns=found.path if warm_start and found else "")
+
+
+def evaluate(context: StepContext) -> Outcome:
+    """TFMA, the blessing, and what the KFP UI shows of them. Returns whether to push: blessed, or
+    `force_push`."""
+    from components import push, resolve_baseline
+    from components.evaluate import blessing, report
+    from components.evaluate.step import CONFUSION_MATRIX
+
+    baseline = resolve_baseline.read(context.path("baseline"))
+    if baseline:
+        context.record.inputs({"baseline": (baseline, push.served_digest(baseline) or "")})
+    evaluation = context.path(artifacts.EVALUATION)
+    result = context.component(context.path(artifacts.EXAMPLES), context.path(artifacts.MODEL), evaluation,
+                               context.config["evaluation"], context.config["beam"], baseline=baseline)
+    overall = {name: value for name, value in result.metrics.items() if isinstance(value, (int, float))}
+    log_kfp_metrics(context.artifacts["metrics"], overall)
+    with open(os.path.join(evaluation, CONFUSION_MATRIX), encoding="utf-8") as handle:
+        matrix = json.load(handle)
+    context.artifacts["confusion_matrix"].log_confusion_matrix(matrix["categories"], matrix["matrix"])
+    shown = context.artifacts["report"].path
+    os.makedirs(os.path.dirname(shown), exist_ok=True)
+    shutil.copyfile(os.path.join(evaluation, report.REPORT), shown)
+    lines = report.summary_lines(result)
+    for line in lines:
+        print(f"evaluate: {line}")
+    verdict = {"blessed": result.blessed, "failures": result.failures}
+    facts = {"blessed": result.blessed, "summary": lines[0], "baseline": baseline or "",
+             "reason": "" if result.blessed else blessing.reason(verdict)}
+    return Outcome(digests={artifacts.EVALUATION: result.digest},
+                   metrics={f"eval_{name}": value for name, value in overall.items()}, facts=facts,
+                   tags={tags.BLESSED: tags.flag(result.blessed)},
+                   returns=result.blessed or context.parameters["force_push"])
+
+
+def push(context: StepContext) -> Outcome:
+    """A blessed (or forced) model into the serving directory, then into the registry."""
+    import dataclasses
+
+    from components.evaluate.step import BLESSING
+    from components.push import write_result
+    from pipeline import registry
+
+    with open(os.path.join(context.path(artifacts.EVALUATION), BLESSING), encoding="utf-8") as handle:
+        verdict = json.load(handle)
+    model = context.artifacts[artifacts.MODEL]
+    model_name, force = context.parameters["model_name"], context.parameters["force_push"]
+    result = context.component(model.path, verdict, context.parameters["serving_dir"], model_name, force=force)
+    if result.pushed and context.record.enabled:
+        version = registry.register(model_name, result, model.metadata.get("training_run_id") or None)
+        result = dataclasses.replace(result, registry_version=version)
+    pushed = context.path("pushed")
+    os.makedirs(pushed, exist_ok=True)
+    write_result(result, os.path.join(pushed, "push.json"))
+    recorded = {tags.PUSHED: tags.flag(result.pushed), tags.PUSH_REASON: result.reason,
+                tags.PUSH_VERSION: str(result.version or ""), tags.PUSH_FORCED: tags.flag(result.forced)}
+    return Outcome(facts={key: value for key, value in vars(result).items() if value is not None}, tags=recorded)

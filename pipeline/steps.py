@@ -1,0 +1,207 @@
+"""The step registry: every step of the pipeline, once.
+
+For each step: its name (the kfp task name and the `tunepipe.step` tag), the plain component
+function it calls and the pipeline-side hook that calls it, the config sections it reads, the
+artifacts it consumes and produces, whether kfp may cache it, the Kubeflow volumes it mounts, and
+how its one-line summary is written from what it recorded. The DAG (`pipeline.dag`), the step
+launcher (`pipeline.launcher`), the summary of `tunepipe run` and the lineage queries read this
+table; nothing else lists the steps.
+
+Functions are named as `module:function` and imported only where they run, so reading the registry
+costs nothing: the CLI, the config loader and the queries use it without TensorFlow, Beam or kfp.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from components import artifacts
+from components.beam_run import BeamConfig
+from components.evaluate.config import EvaluationConfig
+from components.ingest.config import DataConfig
+from components.preprocess.config import PreprocessConfig
+from components.section import Section
+from components.train.config import TrainingConfig
+from components.tune.config import TunerConfig
+from pipeline import tags
+
+# Sections of PipelineConfig a step can read, by their key in the config file.
+SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "beam": BeamConfig, "preprocess": PreprocessConfig,
+                                      "tuner": TunerConfig, "training": TrainingConfig,
+                                      "evaluation": EvaluationConfig}
+# Kubeflow volumes (`kubeflow.volumes.<name>`) a step can mount.
+SERVING_VOLUME, WORK_VOLUME = "serving", "work"
+# Artifacts that are not a step's manifest-carrying output: resolve-baseline's description of the
+# model in production, and push's record of what it pushed.
+BASELINE, PUSHED = "baseline", "pushed"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a step run recorded, as its summary line reads it: metrics, tags and params."""
+
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    tags: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of_run(cls, run: Any) -> Facts:
+        return cls(run.data.metrics, run.data.tags, run.data.params)
+
+    def count(self, name: str) -> int:
+        return int(self.metrics.get(name, 0))
+
+    def number(self, name: str, digits: int = 4) -> str:
+        value = self.metrics.get(name)
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    def json_param(self, name: str) -> dict[str, Any]:
+        try:
+            value = json.loads(self.params.get(name, ""))
+        except (TypeError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    component: str  # `module:function`, the plain component the step calls
+    hook: str  # `module:function` in pipeline/, from the task's arguments to the component and back
+    summary: Callable[[Facts], str]
+    sections: Mapping[str, str] = field(default_factory=dict)  # the task's parameter -> the config section
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    cacheable: bool = True  # False: its result depends on the world outside its inputs
+    volumes: tuple[str, ...] = ()
+
+    def load_component(self) -> Callable[..., Any]:
+        return _load(self.component)
+
+    def load_hook(self) -> Callable[..., Any]:
+        return _load(self.hook)
+
+
+def _load(reference: str) -> Callable[..., Any]:
+    module, _, function = reference.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+# --- the one-line summaries ------------------------------------------------------------------------
+
+def _source_summary(facts: Facts) -> str:
+    spans = facts.tags.get(tags.SPANS)
+    files = facts.tags.get(tags.FILES)
+    return ", ".join(part for part in (f"spans {spans}" if spans else "", f"{files} file(s)" if files else "") if part)
+
+
+def _ingest_summary(facts: Facts) -> str:
+    if "rows_read" not in facts.metrics:
+        return ""
+    splits = ", ".join(f"{name.removeprefix('rows_')} {int(value)}" for name, value in facts.metrics.items()
+                       if name.startswith("rows_") and name != "rows_read")
+    return f"{facts.count('rows_read')} rows read, {facts.count('rejected')} rejected; {splits}"
+
+
+def _preprocess_summary(facts: Facts) -> str:
+    return f"{facts.count('features')} features, {facts.count('classes')} classes" if "features" in facts.metrics \
+        else ""
+
+
+def _tune_summary(facts: Facts) -> str:
+    objective = facts.json_param("tuner").get("objective", "")
+    if facts.tags.get(tags.TUNING) == tags.REUSED:
+        return (f"reused the best hyperparameters of search run {facts.tags.get(tags.REUSED_FROM, '?')} "
+                f"({objective} {facts.number('best_score')})")
+    if "trials" not in facts.metrics:
+        return ""
+    if not facts.count("trials"):
+        return "tuning off: default hyperparameters"
+    return f"{facts.count('trials')} trials, best {objective} {facts.number('best_score')}"
+
+
+def _train_summary(facts: Facts) -> str:
+    if "eval_accuracy" not in facts.metrics:
+        return ""
+    warm = ", warm-started" if facts.metrics.get("warm_started") else ""
+    return f"eval accuracy {facts.number('eval_accuracy')} after {facts.count('epochs_trained')} epochs{warm}"
+
+
+def _baseline_summary(facts: Facts) -> str:
+    path = facts.tags.get(tags.BASELINE_PATH)
+    return f"in production: {path}" if path else "no model in production yet"
+
+
+def _evaluate_summary(facts: Facts) -> str:
+    if "eval_accuracy" not in facts.metrics:
+        return ""
+    blessed = {"true": "blessed", "false": "not blessed"}.get(facts.tags.get(tags.BLESSED, ""), "")
+    line = (f"evaluated {facts.count('eval_example_count')} examples: accuracy {facts.number('eval_accuracy')}, "
+            f"macro AUC {facts.number('eval_macro_auc')}")
+    return f"{line}; {blessed}" if blessed else line
+
+
+def _push_summary(facts: Facts) -> str:
+    if facts.tags.get(tags.PUSHED) == "true":
+        return f"version {facts.tags.get(tags.PUSH_VERSION)}: {facts.tags.get(tags.PUSH_REASON, '')}"
+    return facts.tags.get(tags.PUSH_REASON, "")
+
+
+# --- the steps, in the order they run --------------------------------------------------------------
+
+STEPS: tuple[Step, ...] = (
+    Step("resolve-source", "components.source:resolve", "pipeline.hooks:resolve_source", _source_summary,
+         sections={"data": "data"},
+         cacheable=False),
+    Step("ingest", "components.ingest.step:run", "pipeline.hooks:ingest", _ingest_summary,
+         sections={"data": "data", "beam": "beam"},
+         outputs=(artifacts.EXAMPLES,)),
+    Step("preprocess", "components.preprocess.step:run", "pipeline.hooks:preprocess", _preprocess_summary,
+         sections={"options": "preprocess", "beam": "beam"},
+         inputs=(artifacts.EXAMPLES,),
+         outputs=(artifacts.TRANSFORM,)),
+    Step("tune", "components.tune.step:run", "pipeline.hooks:tune", _tune_summary,
+         sections={"options": "tuner"},
+         inputs=(artifacts.EXAMPLES, artifacts.TRANSFORM),
+         outputs=(artifacts.TUNING,),
+         volumes=(WORK_VOLUME,)),
+    Step("train", "components.train.step:run", "pipeline.hooks:train", _train_summary,
+         sections={"options": "training", "tuner": "tuner"},
+         inputs=(artifacts.EXAMPLES, artifacts.TRANSFORM, artifacts.TUNING),
+         outputs=(artifacts.MODEL,),
+         volumes=(SERVING_VOLUME,)),
+    Step("resolve-baseline", "components.resolve_baseline:run", "pipeline.hooks:resolve_baseline", _baseline_summary,
+         outputs=(BASELINE,),
+         cacheable=False,
+         volumes=(SERVING_VOLUME,)),
+    Step("evaluate", "components.evaluate.step:run", "pipeline.hooks:evaluate", _evaluate_summary,
+         sections={"options": "evaluation", "beam": "beam"},
+         inputs=(artifacts.EXAMPLES, artifacts.MODEL, BASELINE),
+         outputs=(artifacts.EVALUATION,),
+         volumes=(SERVING_VOLUME,)),
+    Step("push", "components.push:run", "pipeline.hooks:push", _push_summary,
+         inputs=(artifacts.MODEL, artifacts.EVALUATION),
+         outputs=(PUSHED,),
+         cacheable=False,
+         volumes=(SERVING_VOLUME,)),
+)
+
+NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)
+BY_NAME: dict[str, Step] = {step.name: step for step in STEPS}
+# The manifest-carrying artifacts, in the order the steps produce them: what lineage traces.
+ARTIFACTS: tuple[str, ...] = tuple(output for step in STEPS for output in step.outputs
+                                   if output not in (BASELINE, PUSHED))
+UNCACHED: tuple[str, ...] = tuple(step.name for step in STEPS if not step.cacheable)
+
+
+def producer(artifact: str) -> Step:
+    """The step whose output `artifact` is."""
+    return next(step for step in STEPS if artifact in step.outputs)
+
+
+def position(name: str) -> int:
+    """A step's place in the run order (unknown names last)."""
+    return NAMES.index(name) if name in NAMES else len(NAMES)

@@ -1,0 +1,165 @@
+"""The tuner's trials in MLflow: the observer the tune step reports to (`components.tune.observer`),
+each trial one nested run under the tune step's run, and the look-up of the last finished search
+that retraining reuses.
+
+A trial run carries the trial id, Hyperband's bracket and round and the hyperparameters as params,
+the train/eval metrics per epoch (step = epoch), the score, epochs, best epoch and duration as
+metrics, and its status as a tag (`pipeline.tags`). Every finished trial is recorded exactly once:
+a trial's run is looked up by its search and trial id before one is created, a run cut short by a
+kill is deleted before the trial runs again, and `reconcile` gives a trial that finished without
+its run (a kill between Keras Tuner ending it and the run being closed) the run it lacks.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from typing import Any
+
+from components import artifacts
+from components.tune.config import TunerConfig
+from components.tune.observer import COMPLETED, FINAL_STATUSES, INTERRUPTED, TrialEnd, TrialObserver, TrialStart
+from components.tune.reuse import PreviousSearch, search_space_digest
+from pipeline import tags
+
+log = logging.getLogger("tunepipe.tune")
+
+
+class MlflowTrials(TrialObserver):
+    """Records a search's trials as nested MLflow runs under `parent_run_id` (the tune step's run)."""
+
+    def __init__(self, parent_run_id: str, objective: str):
+        import mlflow
+
+        self.parent_run_id = parent_run_id
+        self.objective = objective
+        self.search_id = ""
+        self._client = mlflow.MlflowClient()
+        self._experiment_id = self._client.get_run(parent_run_id).info.experiment_id
+        self._open: dict[str, str] = {}  # trial id -> the run of a trial that is training
+
+    def search_began(self, search_id: str) -> None:
+        self.search_id = search_id
+
+    def trial_began(self, trial: TrialStart) -> str | None:
+        existing = self._runs(trial.trial_id).get(trial.trial_id)
+        if existing is not None:
+            if existing.data.tags.get(tags.TRIAL_STATUS) in FINAL_STATUSES:
+                log.warning("tune: trial %s is already recorded in MLflow run %s; not recording it again",
+                            trial.trial_id, existing.info.run_id)
+                return None
+            # An attempt cut short by a kill: its partial epochs would mix with the rerun's.
+            self._client.delete_run(existing.info.run_id)
+        run_id = self._create_run(trial.trial_id, trial.hyperparameters, trial.facts)
+        self._open[trial.trial_id] = run_id
+        return run_id
+
+    def epoch_ended(self, trial_id: str, epoch: int, logs: dict[str, float]) -> None:
+        run_id = self._open.get(trial_id)
+        if run_id is None or not logs:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._client.log_batch(run_id, metrics=[Metric(name, value, now, epoch) for name, value in logs.items()])
+
+    def trial_ended(self, trial: TrialEnd) -> None:
+        run_id = self._open.pop(trial.trial_id, None)
+        if run_id is not None:
+            self._finish_run(run_id, trial)
+
+    def reconcile(self, finished: list[TrialEnd]) -> dict[str, str]:
+        runs = self._runs()
+        recorded = {}
+        for trial in finished:
+            run = runs.get(trial.trial_id)
+            if run is not None and run.data.tags.get(tags.TRIAL_STATUS) in FINAL_STATUSES:
+                continue
+            run_id = run.info.run_id if run is not None else self._create_run(trial.trial_id, trial.hyperparameters,
+                                                                               trial.facts)
+            self._finish_run(run_id, trial)
+            recorded[trial.trial_id] = run_id
+        return recorded
+
+    def interrupted(self) -> None:
+        for run_id in self._open.values():
+            self._client.set_tag(run_id, tags.TRIAL_STATUS, INTERRUPTED)
+            self._client.set_terminated(run_id, "KILLED")
+        self._open.clear()
+
+    def _runs(self, trial_id: str | None = None) -> dict[str, Any]:
+        """This search's trial runs by trial id (deleted runs excluded)."""
+        query = f"tags.`{tags.SEARCH_ID}` = '{self.search_id}'"
+        if trial_id is not None:
+            query += f" and tags.`{tags.TRIAL_ID}` = '{trial_id}'"
+        runs, token = {}, None
+        while True:
+            page = self._client.search_runs([self._experiment_id], filter_string=query, max_results=1000,
+                                            page_token=token)
+            for run in page:
+                runs[run.data.tags[tags.TRIAL_ID]] = run
+            token = page.token
+            if not token:
+                return runs
+
+    def _create_run(self, trial_id: str, hyperparameters: dict[str, Any], facts: dict[str, Any]) -> str:
+        from mlflow.entities import Param
+
+        run = self._client.create_run(self._experiment_id, run_name=f"trial-{trial_id}", tags={
+            tags.PARENT_RUN: self.parent_run_id, tags.SEARCH_ID: self.search_id, tags.TRIAL_ID: trial_id,
+            tags.OBJECTIVE: self.objective})
+        params = {"trial_id": trial_id, **{name: value for name, value in facts.items() if value is not None},
+                  **hyperparameters}
+        self._client.log_batch(run.info.run_id, params=[Param(name, str(value)) for name, value in params.items()])
+        return run.info.run_id
+
+    def _finish_run(self, run_id: str, trial: TrialEnd) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = {"duration_s": trial.duration_s, "epochs": trial.epochs, "score": trial.score,
+                   "best_epoch": trial.best_epoch if trial.status == COMPLETED else None}
+        self._client.log_batch(run_id, metrics=[
+            Metric(name, float(value), now, 0) for name, value in metrics.items()
+            if value is not None and math.isfinite(float(value))])
+        self._client.set_tag(run_id, tags.TRIAL_STATUS, trial.status)
+        if trial.error:
+            self._client.set_tag(run_id, tags.ERROR, trial.error[:tags.TAG_LIMIT])
+        self._client.set_terminated(run_id, "FINISHED" if trial.status == COMPLETED else "FAILED")
+
+
+def last_search(experiment_id: str, config: TunerConfig) -> PreviousSearch | None:
+    """The newest finished search over the same search space in `experiment_id` (the pipeline's)."""
+    from mlflow import MlflowClient
+
+    query = (f"tags.`{tags.STEP}` = 'tune' and tags.`{tags.TUNING}` = '{tags.SEARCHED}' "
+             f"and tags.`{tags.SEARCH_SPACE}` = '{search_space_digest(config)}' "
+             "and attributes.status = 'FINISHED'")
+    for run in MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"],
+                                          max_results=5):
+        found, metrics = run.data.tags, run.data.metrics
+        try:
+            best = json.loads(found[tags.BEST_HYPERPARAMETERS])
+        except (KeyError, ValueError):
+            continue  # cut short by MLflow's tag limit, or written by hand: not reusable
+        return PreviousSearch(run.info.run_id, found.get(tags.PARENT_RUN), run.info.start_time / 1000, best,
+                              found.get(tags.BEST_TRIAL) or None, metrics.get("best_score"),
+                              found.get(tags.output(artifacts.TUNING, "uri"), ""),
+                              found.get(tags.output(artifacts.TUNING, "digest"), ""))
+    return None
+
+
+def epoch_logger(run_id: str):
+    """An epoch observer for the train step: each epoch's metrics into `run_id` (step = epoch)."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+
+    def log_epoch(epoch: int, logs: dict[str, float]) -> None:
+        if logs:
+            now = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(name, value, now, epoch) for name, value in logs.items()])
+
+    return log_epoch
