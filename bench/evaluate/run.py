@@ -8,7 +8,7 @@ one Parquet file, 64k-row row groups; the schema is the one ingest inferred for 
 
 Each repetition runs in a fresh Python process that imports everything first and times the work only:
 
-- tunepipe: `components.evaluate.run(...)` with the default config (no thresholds, so the defaults)
+- tunepipe: `components.evaluate.step.run(...)` with the default config (no thresholds, so the defaults)
   and `slices: [island]`, no baseline (`--baseline` adds the same model again as the baseline):
   reading the shards, building tf.Examples, TFMA's extract/evaluate/write on the FnApiRunner, then
   reading TFMA's output back into blessing.json, metrics.json, confusion_matrix.json and report.md.
@@ -56,10 +56,14 @@ def prepare(root: Path, sizes: list[int]) -> dict:
     import pyarrow.parquet as pq
 
     from bench.ingest_preprocess.generate import generate, penguins
-    from components import artifacts, ingest, preprocess, train
+    from components import artifacts
+    from components.beam_run import BeamConfig
+    from components.ingest import step as ingest
+    from components.preprocess import step as preprocess
     from components.schema import Schema
+    from components.train import step as train
+    from components.train.config import TrainingConfig
     from pipeline import config
-    from pipeline.config import BeamConfig, TrainingConfig
 
     model = root / "model"
     train_examples = root / "train-examples"
@@ -80,7 +84,7 @@ def prepare(root: Path, sizes: list[int]) -> dict:
                 (partial / "eval").mkdir()
                 pq.write_table(table, partial / "eval" / "part-00000-of-00001.parquet", row_group_size=ROW_GROUP_ROWS)
                 schema.write(partial)
-                artifacts.write_manifest(partial, ingest.KIND, "bench", counts={"splits": {"eval": rows}})
+                artifacts.write_manifest(partial, artifacts.EXAMPLES, "bench", counts={"splits": {"eval": rows}})
         examples[rows] = str(target)
     return {"model": str(model), "examples": examples}
 
@@ -95,8 +99,9 @@ def _peak_rss_mb() -> float:
 
 
 def run_tunepipe(examples: str, model: str, out: str, baseline: bool) -> dict:
-    from components import evaluate
-    from pipeline.config import BeamConfig, EvaluationConfig
+    from components.beam_run import BeamConfig
+    from components.evaluate import step as evaluate
+    from components.evaluate.config import EvaluationConfig
 
     started = time.perf_counter()
     result = evaluate.run(examples, model, out, EvaluationConfig(slices=("island",)), BeamConfig(),
@@ -129,7 +134,8 @@ def run_plain(examples: str, model: str, out: str) -> dict:
     import tensorflow as tf
     from tfx_bsl.coders import example_coder
 
-    from components import evaluate, ingest
+    from components.evaluate.tfma_inputs import list_array
+    from components.examples import split_files
     from components.schema import NUMERIC, Schema
 
     schema = Schema.read(examples)
@@ -138,9 +144,9 @@ def run_plain(examples: str, model: str, out: str) -> dict:
     serve = tf.saved_model.load(model).signatures["serving_default"]
     probabilities, labels, islands = [], [], []
     columns = [column.name for column in schema.features] + [schema.label.name]
-    for path in ingest.split_files(examples, "eval"):
+    for path in split_files(examples, "eval"):
         for batch in pq.ParquetFile(path).iter_batches(batch_size=BATCH_ROWS, columns=columns):
-            arrays = [evaluate._list_array(batch.column(column.name) if column.kind == NUMERIC
+            arrays = [list_array(batch.column(column.name) if column.kind == NUMERIC
                                            else batch.column(column.name).cast(pa.string()),
                                            pa.float32() if column.kind == NUMERIC else pa.large_binary())
                       for column in schema.features]

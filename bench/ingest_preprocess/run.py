@@ -4,7 +4,7 @@ For each table size N, both implementations run `--reps` times, alternating, eac
 fresh Python process. The child imports everything first, then measures the wall time around the
 work only (no interpreter start-up, no imports) and reports its peak RSS (VmHWM; see _peak_rss_kb).
 
-- tunepipe: `components.ingest.run(...)` then `components.preprocess.run(...)` with the default
+- tunepipe: `components.ingest.step.run(...)` then `components.preprocess.step.run(...)` with the default
   config (DirectRunner, which tunepipe runs on Beam's in-process FnApiRunner).
 - pyarrow: one process, no Beam. Read the whole CSV with `pyarrow.csv`, cast numbers to float64 as
   tunepipe's schema does, split 80/20 by the same stable hash (`pandas.util.hash_pandas_object` of the
@@ -88,7 +88,9 @@ def _child_tunepipe(csv: Path, work: Path, profile: Path | None) -> dict:
 
     import resource
 
-    from components import ingest, preprocess
+    from components.examples import STATISTICS_FILE
+    from components.ingest import step as ingest
+    from components.preprocess import step as preprocess
     from pipeline import config
 
     cfg = config.from_dict({"data": {"source": str(csv), "label": LABEL, "features": {"exclude": list(EXCLUDE)}}})
@@ -114,7 +116,7 @@ def _child_tunepipe(csv: Path, work: Path, profile: Path | None) -> dict:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(str(profile))
-    statistics_file = json.loads((examples / ingest.STATISTICS_FILE).read_text())
+    statistics_file = json.loads((examples / STATISTICS_FILE).read_text())
     return {
         "wall_s": (ingested_at - started) + (finished - resumed),
         "ingest_s": ingested_at - started,
@@ -166,7 +168,7 @@ def _child_pyarrow(csv: Path, work: Path, profile: Path | None) -> dict:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
-    from pipeline.config import DEFAULT_NULL_VALUES
+    from components.ingest.config import DEFAULT_NULL_VALUES
 
     rss_after_imports = _peak_rss_kb()
     started = time.perf_counter()

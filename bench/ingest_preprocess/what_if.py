@@ -1,9 +1,9 @@
 """What-if runs for the suggestions in RESULTS.md: tunepipe's ingest + preprocess with two internals of
 `components.ingest` patched in the child process. Nothing in the repository changes.
 
-- `--block-mb`: the CSV block size (`ingest._CSV_BLOCK_BYTES`, 16 MB as shipped). pyarrow's streaming
+- `--block-mb`: the CSV block size (`components.ingest.infer._CSV_BLOCK_BYTES`, 16 MB as shipped). pyarrow's streaming
   CSV reader reads up to 32 blocks ahead, so this caps how much raw CSV ingest holds.
-- `--fast-numeric`: `ingest.conform` first casts every column with `pyarrow.compute.cast`. Only a
+- `--fast-numeric`: `components.ingest.blocks.conform` first casts every column with `pyarrow.compute.cast`. Only a
   block where that raises falls back to the shipped regex validation, which then finds the rejects.
   Note: Arrow's cast also accepts text such as `inf`, which the regex rejects.
 
@@ -40,12 +40,13 @@ def child(csv: Path, work: Path, block_mb: float, fast: bool) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from components import ingest, preprocess
+    from components.ingest import blocks, infer, step as ingest
+    from components.preprocess import step as preprocess
     from pipeline import config
 
-    ingest._CSV_BLOCK_BYTES = int(block_mb * (1 << 20))
+    infer._CSV_BLOCK_BYTES = int(block_mb * (1 << 20))
     if fast:
-        shipped = ingest.conform
+        shipped = blocks.conform
 
         def conform(batch, schema, source):
             try:
@@ -58,7 +59,7 @@ def child(csv: Path, work: Path, block_mb: float, fast: bool) -> dict:
             missing |= pc.fill_null(pc.equal(pc.utf8_trim_whitespace(label), ""), False).to_numpy(zero_copy_only=False)
             return (typed.filter(pa.array(~missing)) if missing.any() else typed), [], int(missing.sum())
 
-        ingest.conform = conform
+        blocks.conform = conform
 
     cfg = config.from_dict({"data": {"source": str(csv), "label": LABEL, "features": {"exclude": list(EXCLUDE)}}})
     started = time.perf_counter()

@@ -27,9 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import generate  # noqa: E402  (the sibling data generator)
 
-from components import ingest, preprocess, train, tune  # noqa: E402
+from components.beam_run import BeamConfig  # noqa: E402
+from components.ingest import step as ingest  # noqa: E402
+from components.preprocess import step as preprocess  # noqa: E402
+from components.train import step as train  # noqa: E402
+from components.train.config import TrainingConfig  # noqa: E402
+from components.tune import step as tune  # noqa: E402
+from components.tune.config import TunerConfig  # noqa: E402
 from pipeline import config  # noqa: E402
-from pipeline.config import BeamConfig, TrainingConfig, TunerConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ALGORITHMS = ("hyperband", "random", "bayesian")
