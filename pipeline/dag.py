@@ -66,10 +66,10 @@ def tune(examples: Input[Dataset], transform: Input[Artifact], options: dict, wo
 
 
 def train(examples: Input[Dataset], transform: Input[Artifact], tuning: Input[Artifact], options: dict,
-          tuner: dict, warm_start_from: str, code_version: str, model: Output[Model]):
+          tuner: dict, warm_start: str, code_version: str, model: Output[Model]):
     """Train the best hyperparameters with early stopping and export the SavedModel for serving.
     `tuner` carries the search space, whose defaults fill what the tuning result leaves out.
-    `warm_start_from` is the served model to start from ("" for none), when its weights fit."""
+    `warm_start` is the served model to start from ("" for none), when its weights fit."""
     arguments = dict(locals())
     from pipeline import launcher
     launcher.run_step("train", **arguments)
@@ -221,7 +221,7 @@ def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_ver
         tasks["resolve-baseline"] = ops["resolve-baseline"](serving_dir=serving_dir, model_name=model_name,
                                                             warm_start=warm_start)
         tasks["train"] = ops["train"](examples=examples, transform=transform, tuning=tuning, options=training,
-                                      tuner=tuner, warm_start_from=tasks["resolve-baseline"].outputs["Output"],
+                                      tuner=tuner, warm_start=tasks["resolve-baseline"].outputs["Output"],
                                       code_version=code_version)
         model = tasks["train"].outputs["model"]
         tasks["evaluate"] = ops["evaluate"](examples=examples, model=model,

@@ -113,12 +113,12 @@ def tune(context: StepContext) -> Outcome:
 
 def train(context: StepContext) -> Outcome:
     """The best hyperparameters, early stopping, the exported SavedModel; starting from the weights
-    of the served model at `warm_start_from` when it is given and they fit."""
+    of the served model at `warm_start` when it is given and they fit."""
     from components import push
     from pipeline import trial_tracking
 
     record = context.record
-    warm_start = context.parameters["warm_start_from"] or None
+    warm_start = context.parameters["warm_start"] or None
     if warm_start:
         record.inputs({"warm_start": (warm_start, push.served_digest(warm_start) or "")})
     training, model = context.config["training"], context.path(artifacts.MODEL)

@@ -25,7 +25,7 @@ def test_the_train_task_records_params_metrics_epochs_and_the_model_once(penguin
                       transform=TaskArtifact(str(penguin_inputs.transform)), tuning=TaskArtifact(tuning.path),
                       options=TRAINING.model_dump(mode="json"), tuner=TunerConfig().model_dump(mode="json",
                                                                                                exclude_none=True),
-                      warm_start_from="", code_version="test", model=model)
+                      warm_start="", code_version="test", model=model)
 
     client = mlflow.MlflowClient()
     [run] = client.search_runs([step_tracking], f"tags.`{tags.STEP}` = 'train'")
