@@ -2,8 +2,9 @@
 
 One combiner serves both the statistics that ingest writes per split and the analyzers that
 preprocess runs over the train split: count, missing, min, max, mean and variance per numeric
-column (merged with Chan's parallel update, so shards combine exactly); value counts per
-categorical column. Work is per batch in Arrow and numpy, never per row in Python.
+column (merged with Chan's parallel update, so shards combine exactly), and whether its values are
+whole numbers and how many distinct ones it has, up to a few (what tells a class code from a
+measurement); value counts per categorical column. Work is per batch in Arrow and numpy, never per row in Python.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import pyarrow.compute as pc
 
 NUMERIC = "numeric"
 CATEGORICAL = "categorical"
+# Distinct values of a numeric column are counted up to this many; past it, only "more" is known.
+DISTINCT_LIMIT = 64
 
 
 @dataclass
@@ -28,19 +31,29 @@ class _Numeric:
     m2: float = 0.0
     minimum: float = np.inf
     maximum: float = -np.inf
+    integral: bool = True
+    distinct: set | None = field(default_factory=set)  # None: more than DISTINCT_LIMIT
 
     def add(self, values: np.ndarray) -> None:
         present = values[~np.isnan(values)]
         self.missing += values.size - present.size
         if present.size:
             batch = _Numeric(present.size, 0, float(present.mean()), float(((present - present.mean()) ** 2).sum()),
-                             float(present.min()), float(present.max()))
+                             float(present.min()), float(present.max()), bool(np.all(present == np.floor(present))),
+                             _distinct(present) if self.distinct is not None else None)
             self.merge(batch)
 
     def merge(self, other: _Numeric) -> None:
         self.missing += other.missing
         if other.count == 0:
             return
+        self.integral = self.integral and other.integral
+        if self.distinct is not None and other.distinct is not None:
+            self.distinct |= other.distinct
+            if len(self.distinct) > DISTINCT_LIMIT:
+                self.distinct = None
+        else:
+            self.distinct = None
         total = self.count + other.count
         delta = other.mean - self.mean
         self.mean += delta * other.count / total
@@ -60,7 +73,15 @@ class _Numeric:
             "mean": self.mean if self.count else None,
             "variance": variance,
             "std": float(np.sqrt(variance)) if variance is not None else None,
+            "integral": self.integral if self.count else None,
+            "distinct": len(self.distinct) if self.distinct is not None else None,
         }
+
+
+def _distinct(values: np.ndarray) -> set | None:
+    """The distinct values of a batch, or None when there are more than DISTINCT_LIMIT."""
+    unique = np.unique(values)
+    return set(unique.tolist()) if unique.size <= DISTINCT_LIMIT else None
 
 
 @dataclass

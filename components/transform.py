@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from components import artifacts
+from components.problem import CLASSIFICATION, REGRESSION
 from components.schema import CATEGORICAL, NUMERIC
 
 TRANSFORM_FILE = "transform.json"
@@ -28,7 +29,13 @@ class NumericFeature:
     mean: float
     variance: float
     fill_value: float
+    internal_name: str = ""  # Keras-safe, see components.schema.internal_names
     kind: str = NUMERIC
+
+    @property
+    def key(self) -> str:
+        """The feature's name inside the model: its Keras input and layer names."""
+        return self.internal_name or self.name
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,12 @@ class CategoricalFeature:
     num_oov_indices: int
     encoding: str
     embedding_dim: int
+    internal_name: str = ""
     kind: str = CATEGORICAL
+
+    @property
+    def key(self) -> str:
+        return self.internal_name or self.name
 
 
 @dataclass(frozen=True)
@@ -47,13 +59,32 @@ class Transform:
     """What the analyzers found: everything needed to encode raw features and the label."""
 
     label: str
-    label_vocabulary: tuple[str, ...]
+    label_vocabulary: tuple[str, ...]  # the classes, in output order; empty for regression
     features: tuple[NumericFeature | CategoricalFeature, ...]
     train_rows: int
+    problem_type: str = CLASSIFICATION
+    positive_class: str | None = None  # binary classification
+    label_mean: float | None = None  # regression: the train split's label, which training standardizes
+    label_std: float | None = None
+    left_out: tuple[str, ...] = ()  # feature columns empty on every train row
+
+    @property
+    def kind(self) -> str:
+        """`binary`, `multiclass` or `regression` (`components.problem`)."""
+        if self.problem_type == REGRESSION:
+            return REGRESSION
+        return "binary" if len(self.label_vocabulary) == 2 else "multiclass"
+
+    @property
+    def positive_index(self) -> int:
+        return self.label_vocabulary.index(self.positive_class) if self.positive_class else 1
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "label": {"name": self.label, "vocabulary": list(self.label_vocabulary)},
+            "problem_type": self.problem_type,
+            "label": {"name": self.label, "vocabulary": list(self.label_vocabulary),
+                      "positive_class": self.positive_class, "mean": self.label_mean, "std": self.label_std},
+            "left_out": list(self.left_out),
             "features": [{**feature.__dict__,
                           **({"vocabulary": list(feature.vocabulary), "counts": list(feature.counts)}
                              if feature.kind == CATEGORICAL else {})}
@@ -70,7 +101,10 @@ class Transform:
             else:
                 features.append(CategoricalFeature(**{**feature, "vocabulary": tuple(feature["vocabulary"]),
                                                       "counts": tuple(feature["counts"])}))
-        return cls(raw["label"]["name"], tuple(raw["label"]["vocabulary"]), tuple(features), raw["train_rows"])
+        label = raw["label"]
+        return cls(label["name"], tuple(label["vocabulary"]), tuple(features), raw["train_rows"],
+                   raw.get("problem_type", CLASSIFICATION), label.get("positive_class"), label.get("mean"),
+                   label.get("std"), tuple(raw.get("left_out", ())))
 
     @classmethod
     def read(cls, directory: str | os.PathLike[str]) -> Transform:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,11 +31,15 @@ from components.train.config import TrainingConfig
 from components.tune.config import TunerConfig
 from pipeline.kubeflow_config import KubeflowConfig
 
+DEFAULT_NAME = "tunepipe"
+
 
 class PipelineConfig(Section):
     """The whole pipeline, as loaded from one YAML file."""
 
-    name: str = Field("tunepipe", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    # The pipeline's and the MLflow experiment's name; the model's too unless model_name says.
+    # Default: named after the data (`name_of_source`), so two tables never share a name by accident.
+    name: str = Field(DEFAULT_NAME, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     data: DataConfig
     preprocess: PreprocessConfig = PreprocessConfig()
     beam: BeamConfig = BeamConfig()
@@ -46,6 +51,14 @@ class PipelineConfig(Section):
     serving_dir: str | None = None
     model_name: str | None = None
     tracking_uri: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_after_the_data(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "name" not in raw and isinstance(raw.get("data"), dict) \
+                and isinstance(raw["data"].get("source"), str):
+            return {**raw, "name": name_of_source(raw["data"]["source"])}
+        return raw
 
     @field_validator("model_name")
     @classmethod
@@ -71,6 +84,20 @@ class PipelineConfig(Section):
 
 
 _Model = TypeVar("_Model", bound=BaseModel)
+
+
+def name_of_source(source: str) -> str:
+    """A pipeline name from the data: the file's stem (`cars.csv` -> `cars`), or for a glob or a span
+    pattern the folder the pattern starts below (`events/{YYYY}-{MM}-{DD}/*.parquet` -> `events`),
+    as lowercase letters, digits and dashes."""
+    parts = [part for part in source.split("://", 1)[-1].replace("\\", "/").split("/") if part]
+    fixed = next((index for index, part in enumerate(parts) if any(char in part for char in "*?[{")), None)
+    if fixed is None:
+        candidate = parts[-1].split(".")[0] if parts else ""
+    else:
+        candidate = parts[fixed - 1] if fixed > 0 else ""
+    name = re.sub(r"[^a-z0-9]+", "-", candidate.lower()).strip("-")
+    return name or DEFAULT_NAME
 
 
 def _format_location(loc: tuple[Any, ...]) -> str:

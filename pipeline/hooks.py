@@ -42,17 +42,27 @@ def ingest(context: StepContext) -> Outcome:
     counts = {**{key: value for key, value in result.counts.items() if key != "splits"},
               **{f"rows_{split}": rows for split, rows in result.counts["splits"].items()}}
     log_kfp_metrics(context.artifacts["metrics"], counts)
-    return Outcome(digests={artifacts.EXAMPLES: result.digest}, metrics=counts, facts={"label": data.label},
-                   tags={tags.SPANS: ",".join(result.spans)} if result.spans else {})
+    problem = result.problem
+    recorded = {tags.PROBLEM_TYPE: problem.type, tags.PROBLEM_REASON: problem.reason}
+    if result.spans:
+        recorded[tags.SPANS] = ",".join(result.spans)
+    print(f"ingest: {problem.type} ({problem.reason})")
+    return Outcome(digests={artifacts.EXAMPLES: result.digest}, metrics=counts, tags=recorded,
+                   facts={"label": data.label, "problem_type": problem.type, "problem_reason": problem.reason})
 
 
 def preprocess(context: StepContext) -> Outcome:
     result = context.component(context.path(artifacts.EXAMPLES), context.path(artifacts.TRANSFORM),
                                context.config["preprocess"], context.config["beam"])
     transform = result.transform
+    if transform.left_out:
+        print(f"preprocess: warning: left out, empty on every train row: {', '.join(transform.left_out)}")
     return Outcome(digests={artifacts.TRANSFORM: result.digest},
                    metrics={"features": len(transform.features), "classes": len(transform.label_vocabulary),
-                            "train_rows": transform.train_rows})
+                            "train_rows": transform.train_rows},
+                   facts={"problem": transform.kind, "left_out": ", ".join(transform.left_out)},
+                   tags={tags.PROBLEM_TYPE: transform.kind,
+                         **({tags.LEFT_OUT: ",".join(transform.left_out)} if transform.left_out else {})})
 
 
 def _work_dir(root: str, step: str, *keys: Any) -> str:
@@ -66,12 +76,14 @@ def tune(context: StepContext) -> Outcome:
     """Keras Tuner over the transform's features, every trial a nested MLflow run; or, with
     `reuse_hyperparameters`, the best hyperparameters of the last search over the same space
     unless it is older than `tuner.retune_after_days`."""
+    from components.transform import Transform
     from components.tune import reuse
     from pipeline import trial_tracking
 
-    config, record = context.config["tuner"], context.record
+    record = context.record
     examples, transform, out = (context.path(name) for name in (artifacts.EXAMPLES, artifacts.TRANSFORM,
                                                                  artifacts.TUNING))
+    config = context.config["tuner"].for_problem(Transform.read(transform).kind)
     inputs = {name: (context.artifacts[name].uri, artifacts.read_manifest(context.path(name), name)["digest"])
               for name in (artifacts.EXAMPLES, artifacts.TRANSFORM)}
     work_dir = _work_dir(context.parameters["work_root"], "tune", inputs, context.parameters["options"])
@@ -96,6 +108,7 @@ def tune(context: StepContext) -> Outcome:
         result = context.component(examples, transform, out, config, observer, work_dir=work_dir)
         how = tags.SEARCHED if config.enabled else tags.OFF
     recorded = {tags.TUNING: how, tags.SEARCH_SPACE: reuse.search_space_digest(config),
+                tags.OBJECTIVE: config.objective,
                 tags.BEST_HYPERPARAMETERS: json.dumps(result.best_hyperparameters, sort_keys=True)}
     if reused:
         recorded[tags.REUSED_FROM] = previous.run_id
@@ -171,9 +184,15 @@ def evaluate(context: StepContext) -> Outcome:
                                context.config["evaluation"], context.config["beam"], baseline=baseline)
     overall = {name: value for name, value in result.metrics.items() if isinstance(value, (int, float))}
     log_kfp_metrics(context.artifacts["metrics"], overall)
-    with open(os.path.join(evaluation, CONFUSION_MATRIX), encoding="utf-8") as handle:
-        matrix = json.load(handle)
-    context.artifacts["confusion_matrix"].log_confusion_matrix(matrix["categories"], matrix["matrix"])
+    matrix_file, confusion = os.path.join(evaluation, CONFUSION_MATRIX), context.artifacts["confusion_matrix"]
+    if os.path.exists(matrix_file):
+        with open(matrix_file, encoding="utf-8") as handle:
+            matrix = json.load(handle)
+        confusion.log_confusion_matrix(matrix["categories"], matrix["matrix"])
+    else:  # a regression: no matrix, but kfp.local's cache counts an output without its file as missing
+        os.makedirs(os.path.dirname(confusion.path), exist_ok=True)
+        with open(confusion.path, "w", encoding="utf-8") as handle:
+            handle.write("{}\n")
     shown = context.artifacts["report"].path
     os.makedirs(os.path.dirname(shown), exist_ok=True)
     shutil.copyfile(os.path.join(evaluation, report.REPORT), shown)
@@ -185,7 +204,7 @@ def evaluate(context: StepContext) -> Outcome:
              "reason": "" if result.blessed else blessing.reason(verdict)}
     return Outcome(digests={artifacts.EVALUATION: result.digest},
                    metrics={f"eval_{name}": value for name, value in overall.items()}, facts=facts,
-                   tags={tags.BLESSED: tags.flag(result.blessed)},
+                   tags={tags.BLESSED: tags.flag(result.blessed), tags.PROBLEM_TYPE: result.problem},
                    returns=result.blessed or context.parameters["force_push"])
 
 

@@ -103,16 +103,22 @@ def _ingest_summary(facts: Facts) -> str:
         return ""
     splits = ", ".join(f"{name.removeprefix('rows_')} {int(value)}" for name, value in facts.metrics.items()
                        if name.startswith("rows_") and name != "rows_read")
-    return f"{facts.count('rows_read')} rows read, {facts.count('rejected')} rejected; {splits}"
+    line = f"{facts.count('rows_read')} rows read, {facts.count('rejected')} rejected; {splits}"
+    problem = facts.tags.get(tags.PROBLEM_TYPE)
+    return f"{line}; {problem} ({facts.tags.get(tags.PROBLEM_REASON, '')})" if problem else line
 
 
 def _preprocess_summary(facts: Facts) -> str:
-    return f"{facts.count('features')} features, {facts.count('classes')} classes" if "features" in facts.metrics \
-        else ""
+    if "features" not in facts.metrics:
+        return ""
+    line = f"{facts.count('features')} features, " + (
+        "regression" if facts.tags.get(tags.PROBLEM_TYPE) == "regression" else f"{facts.count('classes')} classes")
+    left_out = facts.tags.get(tags.LEFT_OUT)
+    return f"{line}; left out (empty): {left_out.replace(',', ', ')}" if left_out else line
 
 
 def _tune_summary(facts: Facts) -> str:
-    objective = facts.json_param("tuner").get("objective", "")
+    objective = facts.tags.get(tags.OBJECTIVE) or facts.json_param("tuner").get("objective", "")
     if facts.tags.get(tags.TUNING) == tags.REUSED:
         return (f"reused the best hyperparameters of search run {facts.tags.get(tags.REUSED_FROM, '?')} "
                 f"({objective} {facts.number('best_score')})")
@@ -123,11 +129,17 @@ def _tune_summary(facts: Facts) -> str:
     return f"{facts.count('trials')} trials, best {objective} {facts.number('best_score')}"
 
 
+def _headline(facts: Facts) -> str | None:
+    """The metric a summary leads with: accuracy for a classifier, rmse for a regression."""
+    return next((name for name in ("accuracy", "rmse") if f"eval_{name}" in facts.metrics), None)
+
+
 def _train_summary(facts: Facts) -> str:
-    if "eval_accuracy" not in facts.metrics:
+    headline = _headline(facts)
+    if headline is None:
         return ""
     warm = ", warm-started" if facts.metrics.get("warm_started") else ""
-    return f"eval accuracy {facts.number('eval_accuracy')} after {facts.count('epochs_trained')} epochs{warm}"
+    return f"eval {headline} {facts.number(f'eval_{headline}')} after {facts.count('epochs_trained')} epochs{warm}"
 
 
 def _baseline_summary(facts: Facts) -> str:
@@ -136,11 +148,13 @@ def _baseline_summary(facts: Facts) -> str:
 
 
 def _evaluate_summary(facts: Facts) -> str:
-    if "eval_accuracy" not in facts.metrics:
+    headline = _headline(facts)
+    if headline is None:
         return ""
     blessed = {"true": "blessed", "false": "not blessed"}.get(facts.tags.get(tags.BLESSED, ""), "")
-    line = (f"evaluated {facts.count('eval_example_count')} examples: accuracy {facts.number('eval_accuracy')}, "
-            f"macro AUC {facts.number('eval_macro_auc')}")
+    second, spoken = ("mae", "MAE") if headline == "rmse" else ("macro_auc", "macro AUC")
+    line = (f"evaluated {facts.count('eval_example_count')} examples: {headline} {facts.number(f'eval_{headline}')}, "
+            f"{spoken} {facts.number(f'eval_{second}')}")
     return f"{line}; {blessed}" if blessed else line
 
 

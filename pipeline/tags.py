@@ -35,6 +35,13 @@ SPANS = "tunepipe.spans"  # the data spans a run read, comma-separated, oldest f
 FINGERPRINT = "tunepipe.fingerprint"
 FILES = "tunepipe.files"
 
+# ingest: the problem the label poses (components.problem) and why
+PROBLEM_TYPE = "tunepipe.problem_type"
+PROBLEM_REASON = "tunepipe.problem_type.why"
+
+# preprocess: feature columns left out, empty on every train row (comma-separated)
+LEFT_OUT = "tunepipe.left_out"
+
 # tune: the step's own run
 TUNING = "tunepipe.tuning"
 SEARCHED, REUSED, OFF = "searched", "reused", "off"  # the values of TUNING

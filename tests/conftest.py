@@ -48,6 +48,34 @@ def penguin_inputs(tmp_path_factory) -> ModelInputs:
     return ModelInputs(root / "examples", root / "transform", pipeline)
 
 
+# The diabetes table as scikit-learn ships it (unscaled), with headers no one here chose: a space, a
+# slash, a parenthesis and a non-ASCII letter, and a feature column empty on every row.
+ODD_NAMES = {"bmi": "body mass (kg/m²)", "s1": "s1/tc", "bp": "blood pressure"}
+EMPTY_COLUMN = "notes"
+
+
+def write_diabetes(path: Path) -> Path:
+    from sklearn.datasets import load_diabetes
+
+    frame = load_diabetes(as_frame=True, scaled=False).frame.rename(columns=ODD_NAMES)
+    frame[EMPTY_COLUMN] = ""
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def diabetes_inputs(tmp_path_factory) -> ModelInputs:
+    """The diabetes table (label `target`, a number: a regression) as examples and transform."""
+    from components.ingest import step as ingest
+    from components.preprocess import step as preprocess
+
+    root = tmp_path_factory.mktemp("diabetes")
+    pipeline = config.from_dict({"data": {"source": str(write_diabetes(root / "diabetes.csv")), "label": "target"}})
+    ingest.run(pipeline.data, BeamConfig(), root / "examples")
+    preprocess.run(root / "examples", root / "transform", pipeline.preprocess, BeamConfig())
+    return ModelInputs(root / "examples", root / "transform", pipeline)
+
+
 @pytest.fixture(scope="session")
 def tracking_uri(tmp_path_factory) -> str:
     # One store for the session: creating the SQLite schema takes seconds.

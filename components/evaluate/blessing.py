@@ -1,21 +1,28 @@
 """The blessing policy: which thresholds apply (configured, or the documented defaults), and how a
 failure is measured and described. Plain functions over plain values: TFMA computes the metrics and
-checks most thresholds (`components.evaluate.tfma_runner`); what it cannot check, and every word a
-person reads about the verdict, is decided here.
+checks the thresholds on its own metrics (`components.evaluate.tfma_runner`); the thresholds on
+per-class and derived metrics (`components.evaluate.metrics`), and every word a person reads about
+the verdict, are decided here.
 
 Defaults, when a kind of threshold is not configured (the blessing says so: `defaulted`, and each
 threshold's `source`):
 
-- value, when `value_thresholds` is empty: accuracy strictly above the share of the most frequent
-  class in the evaluated split. That is what a model scores by always answering the commonest
-  class: a model that does no better has learnt nothing, whatever the data (a fixed bar such as 0.5
-  is trivial for a 95/5 problem and unreachable for a hard 20-class one).
-- change, when `change_thresholds` is empty and there is a baseline: accuracy not lower than the
-  baseline's by more than 0.01 (`DEFAULT_MAX_ACCURACY_DROP`), so noise on a small split does not
-  block every retrain but a real regression does.
+- value, classification: accuracy strictly above the share of the most frequent class in the
+  evaluated split. That is what a model scores by always answering the commonest class: a model
+  that does no better has learnt nothing, whatever the data (a fixed bar such as 0.5 is trivial
+  for a 95/5 problem and unreachable for a hard 20-class one).
+- value, regression: RMSE strictly below the standard deviation of the label on the evaluated
+  split, which is the RMSE of always predicting the label's mean: the regression twin of the above.
+- change, classification, with a baseline: accuracy not lower than the baseline's by more than
+  0.01 (`DEFAULT_MAX_ACCURACY_DROP`), so noise on a small split does not block every retrain but
+  a real regression does.
+- change, regression, with a baseline: RMSE not above the baseline's by more than 1%
+  (`DEFAULT_MAX_RMSE_RISE`, relative).
 
 With no baseline (the first run) change thresholds are not applied: value thresholds alone decide,
-and the blessing lists the change thresholds as skipped with the reason.
+and the blessing lists the change thresholds as skipped with the reason. A baseline that takes
+other inputs or solves another problem than the candidate cannot be compared at all: the candidate
+is not blessed over it (`incomparable`), and only `--force-push` puts it in production.
 """
 from __future__ import annotations
 
@@ -23,13 +30,17 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from components.errors import ConfigError
+from components.evaluate import metrics as metric_table
 from components.evaluate.config import EvaluationConfig
-from components.evaluate.metrics import PER_CLASS
+from components.problem import REGRESSION
 
 CANDIDATE = "candidate"
 BASELINE = "baseline"
 OVERALL = "overall"
 DEFAULT_MAX_ACCURACY_DROP = 0.01
+DEFAULT_MAX_RMSE_RISE = 0.01
+INCOMPARABLE = "incomparable"  # the kind of a failure that is not a threshold: no fair comparison
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,7 @@ class Threshold:
     absolute: float | None = None
     relative: float | None = None
     above: float | None = None  # value: strictly above this (TFMA's bound is the next float up)
+    below: float | None = None  # value: strictly below this
     reason: str | None = None  # why a default has the value it has
 
     def describe(self) -> str:
@@ -52,7 +64,9 @@ class Threshold:
                 parts.append(f"> {self.above:.6g}")
             elif self.lower is not None:
                 parts.append(f">= {self.lower:.6g}")
-            if self.upper is not None:
+            if self.below is not None:
+                parts.append(f"< {self.below:.6g}")
+            elif self.upper is not None:
                 parts.append(f"<= {self.upper:.6g}")
             return " and ".join(parts)
         comparison = ">=" if self.direction == "higher_is_better" else "<="
@@ -68,27 +82,45 @@ class Threshold:
         return {**fields, "threshold": self.describe()}
 
 
-def thresholds(config: EvaluationConfig, majority_share: float, has_baseline: bool
+def thresholds(config: EvaluationConfig, kind: str, reference: float, has_baseline: bool
                ) -> tuple[list[Threshold], list[Threshold], list[str]]:
-    """The thresholds to apply, those skipped, and notes saying which defaults were used and why."""
+    """The thresholds to apply, those skipped, and notes saying which defaults were used and why.
+
+    `reference` is what a model that learnt nothing scores: for a classifier the share of the most
+    frequent class, for a regression the standard deviation of the label on the evaluated split.
+    """
+    known = metric_table.directions(kind)
+    named = sorted(set(config.value_thresholds) | set(config.change_thresholds))
+    unknown = [metric for metric in named if metric not in known]
+    if unknown:
+        raise ConfigError(f"evaluation thresholds: {', '.join(repr(metric) for metric in unknown)} "
+                          f"{'is' if len(unknown) == 1 else 'are'} not a metric of a {kind} model "
+                          f"(its metrics: {', '.join(known)})")
     applied: list[Threshold] = []
     skipped: list[Threshold] = []
     notes: list[str] = []
     if config.value_thresholds:
         applied += [Threshold(metric, "value", "config", lower=bounds.get("lower"), upper=bounds.get("upper"))
                     for metric, bounds in config.value_thresholds.items()]
+    elif kind == REGRESSION:
+        reason = "the standard deviation of the label: the RMSE of always predicting its mean"
+        applied.append(Threshold("rmse", "value", "default", upper=math.nextafter(reference, -math.inf),
+                                 below=reference, reason=reason))
+        notes.append(f"no value thresholds configured: default rmse < {reference:.6g}, {reason}")
     else:
         # Strictly above: a model that always answers the commonest class scores exactly the share.
         reason = "the share of the most frequent class: what always answering it scores"
-        applied.append(Threshold("accuracy", "value", "default", lower=math.nextafter(majority_share, math.inf),
-                                 above=majority_share, reason=reason))
-        notes.append(f"no value thresholds configured: default accuracy > {majority_share:.4f}, {reason}")
+        applied.append(Threshold("accuracy", "value", "default", lower=math.nextafter(reference, math.inf),
+                                 above=reference, reason=reason))
+        notes.append(f"no value thresholds configured: default accuracy > {reference:.4f}, {reason}")
     if config.change_thresholds:
-        change = [Threshold(metric, "change", "config",
-                            direction=str(spec.get("direction") or EvaluationConfig.metric_directions()[metric]),
+        change = [Threshold(metric, "change", "config", direction=str(spec.get("direction") or known[metric]),
                             absolute=float_or_none(spec.get("absolute")),
                             relative=float_or_none(spec.get("relative")))
                   for metric, spec in config.change_thresholds.items()]
+    elif kind == REGRESSION:
+        change = [Threshold("rmse", "change", "default", direction="lower_is_better", relative=DEFAULT_MAX_RMSE_RISE,
+                            reason=f"rmse must not rise by more than {DEFAULT_MAX_RMSE_RISE:.0%} over the baseline's")]
     else:
         change = [Threshold("accuracy", "change", "default", direction="higher_is_better",
                             absolute=-DEFAULT_MAX_ACCURACY_DROP,
@@ -96,8 +128,7 @@ def thresholds(config: EvaluationConfig, majority_share: float, has_baseline: bo
     if has_baseline:
         applied += change
         if not config.change_thresholds:
-            notes.append(f"no change thresholds configured: default accuracy may drop by at most "
-                         f"{DEFAULT_MAX_ACCURACY_DROP} vs the baseline")
+            notes.append(f"no change thresholds configured: default {change[0].reason}")
     else:
         skipped += [Threshold(**{**t.__dict__, "reason": "no baseline model (first run): change thresholds skipped"})
                     for t in change]
@@ -141,27 +172,45 @@ def failure(threshold: Threshold | None, metric: str, class_name: str | None, sl
     return record
 
 
-def per_class_failures(applied: list[Threshold], sliced: dict[tuple, dict[str, dict[str, Any]]],
-                        slices: tuple[str, ...], on_slices: bool) -> tuple[list[dict[str, Any]], list[str]]:
-    """Per-class thresholds, checked here on TFMA's numbers (TFMA 0.52 keys a threshold without the
-    metric's own top_k, so it cannot find the top-1 precision and recall it computed). A value that is
-    undefined (a class absent from a slice, or never predicted) is not checked, and a note says so."""
+def own_failures(applied: list[Threshold], sliced: dict[tuple, dict[str, dict[str, Any]]], kind: str,
+                 slices: tuple[str, ...], on_slices: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """The thresholds checked here on TFMA's numbers rather than by TFMA's validator: per-class ones
+    (TFMA 0.52 keys a threshold without the metric's own top_k, so it cannot find the top-1
+    precision and recall it computed) and derived ones (rmse, r2). A value that is undefined (a class
+    absent from a slice, or never predicted; r2 off the overall slice) is not checked, and a note
+    says so."""
     failures, undefined = [], []
+    checked = set(metric_table.per_class(kind)) | set(metric_table.derived(kind))
     in_scope = [key for key in sliced if not key or (on_slices and len(key) == 1 and key[0][0] in slices)]
-    for threshold in (t for t in applied if t.metric in PER_CLASS):
+    for threshold in (t for t in applied if t.metric in checked):
         role = CANDIDATE if threshold.kind == "value" else "change"
         for slice_key in sorted(in_scope, key=lambda key: [(c, str(v)) for c, v in key]):
             by_model = sliced[slice_key]
-            for class_name, value in by_model.get(role, {}).get(threshold.metric, {}).items():
+            found = by_model.get(role, {}).get(threshold.metric)
+            values = found if isinstance(found, dict) else {None: found}
+            for class_name, value in values.items():
                 if value is None:
-                    undefined.append(f"{threshold.metric} of class {class_name} on {slice_name(slice_key)}")
+                    of_class = f" of class {class_name}" if class_name is not None else ""
+                    undefined.append(f"{threshold.metric}{of_class} on {slice_name(slice_key)}")
                     continue
-                if shortfall(threshold, value, by_model.get(CANDIDATE, {}).get(threshold.metric, {}).get(class_name),
-                              by_model.get(BASELINE, {}).get(threshold.metric, {}).get(class_name)) is not None:
+                candidate, baseline = (_value(by_model, role_name, threshold.metric, class_name)
+                                       for role_name in (CANDIDATE, BASELINE))
+                if shortfall(threshold, value, candidate, baseline) is not None:
                     failures.append(failure(threshold, threshold.metric, class_name, slice_key, threshold.kind,
-                                             value, by_model))
+                                            value, by_model))
     notes = [f"undefined, so not held to thresholds: {', '.join(dict.fromkeys(undefined))}"] if undefined else []
     return failures, notes
+
+
+def _value(by_model: dict[str, dict[str, Any]], role: str, metric: str, class_name: str | None) -> float | None:
+    found = by_model.get(role, {}).get(metric)
+    return found.get(class_name) if isinstance(found, dict) else found
+
+
+def incomparable(reason: str) -> dict[str, Any]:
+    """The failure of a candidate that cannot be fairly compared with the model in production."""
+    return {"metric": "baseline", "class": None, "slice": OVERALL, "kind": INCOMPARABLE, "threshold": "",
+            "value": None, "message": reason}
 
 
 def shortfall(threshold: Threshold, value: float | None, candidate: float | None,
@@ -188,6 +237,8 @@ def shortfall(threshold: Threshold, value: float | None, candidate: float | None
 
 def describe(failure: dict[str, Any]) -> str:
     """One failed threshold, as a person reads it: what, which class and slice, the value, the miss."""
+    if failure.get("kind") == INCOMPARABLE:
+        return failure["message"]
     metric = failure["metric"] + (f" of class {failure['class']}" if failure.get("class") else "")
     where = "" if failure["slice"] == OVERALL else f" on {failure['slice']}"
     got = "" if failure.get("value") is None else f" (got {failure['value']:+.4f})" if failure["kind"] == "change" \

@@ -42,14 +42,15 @@ from apache_beam.io.filesystems import FileSystems
 from components import artifacts
 from components.beam_run import BeamConfig
 from components.errors import ConfigError, DataError
-from components.evaluate import tfma_runner
-from components.evaluate.blessing import BASELINE, CANDIDATE, describe, per_class_failures, plain, thresholds
+from components.evaluate import blessing as policy
+from components.evaluate import models, tfma_runner
+from components.evaluate.blessing import BASELINE, CANDIDATE, describe, plain
 from components.evaluate.config import EvaluationConfig
 from components.evaluate.metrics import ordered
 from components.evaluate.report import REPORT, report
 from components.examples import held_out_split, split_files
-from components.schema import Schema
-from components.serving import EXAMPLES_INPUT, LABEL_VOCABULARY, PROBABILITIES, SAVED_MODEL, SERVING_SIGNATURE
+from components.problem import REGRESSION
+from components.schema import NUMERIC, Schema
 
 log = logging.getLogger("tunepipe.evaluate")
 
@@ -73,84 +74,7 @@ class EvaluateResult:
     defaulted: bool
     notes: list[str] = field(default_factory=list)
     digest: str = ""
-
-
-@dataclass(frozen=True)
-class _Model:
-    path: str
-    label_vocabulary: tuple[str, ...] | None
-    known_vocabulary: bool = True  # False: only the number of classes is known
-
-
-def _read_vocabulary(path: Path, manifest: dict[str, Any] | None) -> tuple[str, ...] | None:
-    if manifest and manifest.get("label_vocabulary"):
-        return tuple(str(label) for label in manifest["label_vocabulary"])
-    if (path / LABEL_VOCABULARY).is_file():
-        return tuple(line for line in (path / LABEL_VOCABULARY).read_text().splitlines() if line)
-    return None
-
-
-def _output_classes(path: Path, role: str) -> int | None:
-    """Check that the SavedModel has the signature TFMA will call; the number of classes it scores.
-
-    Reads saved_model.pb only (no graph is loaded), so a wrong directory fails here in one line
-    rather than deep inside the Beam pipeline.
-    """
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved_model = saved_model_pb2.SavedModel()
-    try:
-        saved_model.ParseFromString((path / SAVED_MODEL).read_bytes())
-    except Exception as error:  # protobuf raises its own DecodeError
-        raise DataError(f"the {role} {path}: saved_model.pb cannot be read ({error})") from None
-    signature = next((graph.signature_def[SERVING_SIGNATURE] for graph in saved_model.meta_graphs
-                      if SERVING_SIGNATURE in graph.signature_def), None)
-    if signature is None or EXAMPLES_INPUT not in signature.inputs or PROBABILITIES not in signature.outputs:
-        raise DataError(f"the {role} {path} has no {SERVING_SIGNATURE!r} signature taking serialized tf.Examples "
-                        f"({EXAMPLES_INPUT!r}) and returning {PROBABILITIES!r}: not a model tunepipe exported")
-    dims = signature.outputs[PROBABILITIES].tensor_shape.dim
-    return dims[-1].size if dims and dims[-1].size > 0 else None
-
-
-def _candidate(model: str | os.PathLike[str]) -> _Model:
-    path = Path(model)
-    manifest = artifacts.read_manifest(path, artifacts.MODEL)
-    if not (path / SAVED_MODEL).is_file():
-        raise DataError(f"{path}: the model artifact has no saved_model.pb")
-    vocabulary = _read_vocabulary(path, manifest)
-    if not vocabulary:
-        raise DataError(f"{path}: the model artifact has no label vocabulary ({LABEL_VOCABULARY})")
-    _output_classes(path, "model")
-    return _Model(str(path), vocabulary)
-
-
-def _baseline(baseline: str | os.PathLike[str]) -> _Model:
-    """A `model` artifact, or a SavedModel as pushed to the serving directory (no manifest there)."""
-    path = Path(baseline)
-    if not path.is_dir():
-        raise DataError(f"the baseline model {path} does not exist")
-    manifest = None
-    if (path / artifacts.MANIFEST).is_file():
-        manifest = artifacts.read_manifest(path, artifacts.MODEL)
-    if not (path / SAVED_MODEL).is_file():
-        raise DataError(f"the baseline {path} is neither a model artifact nor a SavedModel directory "
-                        f"(no saved_model.pb)")
-    vocabulary = _read_vocabulary(path, manifest)
-    classes = _output_classes(path, "baseline")
-    if vocabulary is None and classes is not None:
-        # A served copy has no vocabulary file: the class count is all that can be compared.
-        vocabulary = tuple(f"class {index}" for index in range(classes))
-        return _Model(str(path), vocabulary, known_vocabulary=False)
-    return _Model(str(path), vocabulary)
-
-
-def _incomparable(baseline: _Model, vocabulary: tuple[str, ...]) -> bool:
-    """True when the baseline's class i is not the candidate's class i (as far as can be known)."""
-    if baseline.label_vocabulary is None:
-        return False
-    if not baseline.known_vocabulary:
-        return len(baseline.label_vocabulary) != len(vocabulary)
-    return baseline.label_vocabulary != vocabulary
+    problem: str = "multiclass"  # binary, multiclass or regression
 
 
 def _check_slices(config: EvaluationConfig, schema: Schema, examples: str | os.PathLike[str]) -> None:
@@ -190,6 +114,25 @@ def _label_counts(files: list[str], label: str, vocabulary: tuple[str, ...]) -> 
     return _LabelCounts({name: int(count) for name, count in zip(vocabulary, counts)}, unknown)
 
 
+@dataclass(frozen=True)
+class _RegressionLabel:
+    count: int
+    mean: float
+    variance: float  # population variance: the MSE of always predicting the mean
+
+
+def _regression_label(files: list[str], label: str) -> _RegressionLabel:
+    """One pass over the label column only: what the default threshold and r2 compare with."""
+    count, total, squares = 0, 0.0, 0.0
+    for path in files:
+        with FileSystems.open(path) as handle:
+            values = pq.read_table(handle, columns=[label]).column(label).to_numpy().astype(np.float64)
+        values = values[~np.isnan(values)]
+        count, total, squares = count + values.size, total + values.sum(), squares + np.square(values).sum()
+    mean = total / count if count else 0.0
+    return _RegressionLabel(count, mean, max(squares / count - mean * mean, 0.0) if count else 0.0)
+
+
 def run(examples: str | os.PathLike[str], model: str | os.PathLike[str], out: str | os.PathLike[str],
         config: EvaluationConfig, beam_config: BeamConfig, baseline: str | os.PathLike[str] | None = None
         ) -> EvaluateResult:
@@ -198,8 +141,9 @@ def run(examples: str | os.PathLike[str], model: str | os.PathLike[str], out: st
     out = Path(out)
     artifacts.read_manifest(examples, artifacts.EXAMPLES)
     schema = Schema.read(examples)
-    candidate = _candidate(model)
-    baseline_model = _baseline(baseline) if baseline is not None else None
+    candidate = models.candidate(model)
+    baseline_model = models.baseline(baseline) if baseline is not None else None
+    kind = candidate.kind
     _check_slices(config, schema, examples)
     split = held_out_split(examples)
     files = split_files(examples, split)
@@ -207,32 +151,50 @@ def run(examples: str | os.PathLike[str], model: str | os.PathLike[str], out: st
         raise DataError(f"{examples}: the {split} split has no data files")
     vocabulary = candidate.label_vocabulary
     notes: list[str] = []
-    if baseline_model is not None and _incomparable(baseline_model, vocabulary):
-        notes.append(f"the baseline {baseline_model.path} scores other classes "
-                     f"({', '.join(baseline_model.label_vocabulary)}) than the candidate "
-                     f"({', '.join(vocabulary)}): it cannot be compared, so it is left out")
-        log.warning("evaluate: %s", notes[-1])
-        baseline_model = None
+    failures: list[dict[str, Any]] = []
+    if baseline_model is not None:
+        reason = models.incomparable(candidate, baseline_model)
+        if reason:
+            failures.append(policy.incomparable(reason))
+            notes.append(reason)
+            log.warning("evaluate: %s", reason)
+            baseline_model = None
+        elif models.other_classes(candidate, baseline_model):
+            notes.append(f"the baseline {baseline_model.path} scores other classes "
+                         f"({', '.join(baseline_model.label_vocabulary)}) than the candidate "
+                         f"({', '.join(vocabulary)}): it cannot be compared, so it is left out")
+            log.warning("evaluate: %s", notes[-1])
+            baseline_model = None
 
     label = schema.label.name
-    counts = _label_counts(files, label, vocabulary)
-    if counts.known == 0:
-        raise DataError(f"{examples}: the {split} split has no rows with a label the model knows "
-                        f"({', '.join(vocabulary)})")
-    if counts.unknown:
-        notes.append(f"{counts.unknown} row(s) of the {split} split have a label the model was not trained on; "
-                     f"they are left out")
-        log.warning("evaluate: %s", notes[-1])
-    applied, skipped, threshold_notes = thresholds(config, counts.majority_share, baseline_model is not None)
+    if kind == REGRESSION:
+        target = _regression_label(files, label)
+        if target.count == 0:
+            raise DataError(f"{examples}: the {split} split has no rows with a label")
+        counts, reference, evaluated_rows = None, float(np.sqrt(target.variance)), target.count
+    else:
+        target = None
+        counts = _label_counts(files, label, vocabulary)
+        if counts.known == 0:
+            raise DataError(f"{examples}: the {split} split has no rows with a label the model knows "
+                            f"({', '.join(vocabulary)})")
+        if counts.unknown:
+            notes.append(f"{counts.unknown} row(s) of the {split} split have a label the model was not trained on; "
+                         f"they are left out")
+            log.warning("evaluate: %s", notes[-1])
+        reference, evaluated_rows = counts.majority_share, counts.known
+    applied, skipped, threshold_notes = policy.thresholds(config, kind, reference, baseline_model is not None)
     notes += threshold_notes
-    tfma_config = tfma_runner.eval_config(vocabulary, config.slices, applied, baseline_model is not None,
-                              config.thresholds_on_slices)
+    tfma_config = tfma_runner.eval_config(kind, label, vocabulary or (), candidate.positive_index, config.slices,
+                                          applied, baseline_model is not None, config.thresholds_on_slices)
 
     # Features for the model, slice columns for slicing, the raw label for slicing by class.
     kinds = schema.kinds()
     columns = {name: kinds[name] for name in
                dict.fromkeys([column.name for column in schema.features] + list(config.slices) + [label])}
-    log.info("evaluate: TFMA over the %s split (%d rows) for %s%s on %s", split, counts.known, candidate.path,
+    if kind == REGRESSION:
+        columns[label] = NUMERIC
+    log.info("evaluate: TFMA over the %s split (%d rows) for %s%s on %s", split, evaluated_rows, candidate.path,
              f" against the baseline {baseline_model.path}" if baseline_model else " (no baseline)",
              beam_config.runner)
     started = time.monotonic()
@@ -240,22 +202,25 @@ def run(examples: str | os.PathLike[str], model: str | os.PathLike[str], out: st
         tfma_dir = str(partial / tfma_runner.TFMA_DIR)
         tfma_runner.run_tfma(files, columns, label, vocabulary, candidate.path,
                              baseline_model.path if baseline_model else None, tfma_config, tfma_dir, beam_config)
-        sliced = tfma_runner.read_metrics(tfma_dir, vocabulary)
-        matrices = tfma_runner.confusion_matrices(tfma_dir, vocabulary)
-        tfma_runner.blank_undefined_auc(sliced, matrices, vocabulary)
-        validation_ok, failures = tfma_runner.tfma_failures(tfma_dir, applied, sliced, vocabulary)
-        class_failures, class_notes = per_class_failures(applied, sliced, config.slices, config.thresholds_on_slices)
-        failures += class_failures
-        notes += class_notes
+        sliced = tfma_runner.read_metrics(tfma_dir, kind, vocabulary or ())
+        tfma_runner.derive(sliced, kind, target.variance if target else None)
+        matrices = tfma_runner.confusion_matrices(tfma_dir, vocabulary) if vocabulary else {}
+        if vocabulary:
+            tfma_runner.blank_undefined_auc(sliced, matrices, vocabulary)
+        validation_ok, tfma_failed = tfma_runner.tfma_failures(tfma_dir, kind, applied, sliced, vocabulary or ())
+        own_failed, own_notes = policy.own_failures(applied, sliced, kind, config.slices, config.thresholds_on_slices)
+        failures += tfma_failed + own_failed
+        notes += own_notes
         overall = sliced.get((), {})
-        candidate_metrics = ordered(overall.get(CANDIDATE, {}))
-        baseline_metrics = ordered(overall[BASELINE]) if BASELINE in overall else None
+        candidate_metrics = ordered(overall.get(CANDIDATE, {}), kind)
+        baseline_metrics = ordered(overall[BASELINE], kind) if BASELINE in overall else None
         example_count = int(candidate_metrics.get("example_count") or 0)
         blessed = bool(validation_ok) and not failures
 
         blessing = {
             "blessed": blessed,
             "failures": failures,
+            "problem": kind,
             "candidate": candidate.path,
             "baseline": baseline_model.path if baseline_model else None,
             "split": split,
@@ -266,33 +231,37 @@ def run(examples: str | os.PathLike[str], model: str | os.PathLike[str], out: st
             "notes": notes,
         }
         metrics_document = {
+            "problem": kind,
             "split": split,
             "example_count": example_count,
-            "rows_left_out": counts.unknown,
-            "label_vocabulary": list(vocabulary),
-            "class_counts": counts.per_class,
             "overall": {CANDIDATE: candidate_metrics, BASELINE: baseline_metrics,
-                        "change": ordered(overall["change"]) if "change" in overall else None},
-            "slices": _per_slice(sliced, config.slices),
+                        "change": ordered(overall["change"], kind) if "change" in overall else None},
+            "slices": _per_slice(sliced, config.slices, kind),
         }
-        matrix = {"categories": list(vocabulary),
-                  "matrix": matrices.get((), [[0] * len(vocabulary) for _ in vocabulary])}
+        if counts is not None:
+            metrics_document.update(rows_left_out=counts.unknown, label_vocabulary=list(vocabulary),
+                                    class_counts=counts.per_class)
+        else:
+            metrics_document.update(label_mean=target.mean, label_std=reference)
+        matrix = {"categories": list(vocabulary or ()),
+                  "matrix": matrices.get((), [[0] * len(vocabulary) for _ in vocabulary]) if vocabulary else []}
         _write_json(partial / BLESSING, blessing)
         _write_json(partial / METRICS, metrics_document)
-        _write_json(partial / CONFUSION_MATRIX, matrix)
+        if vocabulary:
+            _write_json(partial / CONFUSION_MATRIX, matrix)
         (partial / REPORT).write_text(report(blessing, metrics_document, matrix))
         manifest = artifacts.write_manifest(partial, artifacts.EVALUATION, "evaluate", blessed=blessed, split=split,
-                                            example_count=example_count, candidate=candidate.path,
+                                            example_count=example_count, candidate=candidate.path, problem=kind,
                                             baseline=blessing["baseline"], examples=str(examples))
     result = EvaluateResult(str(out), blessed, split, example_count, candidate_metrics, blessing["baseline"],
                             baseline_metrics, failures, blessing["thresholds"], blessing["skipped_thresholds"],
-                            blessing["defaulted"], notes, manifest["digest"])
+                            blessing["defaulted"], notes, manifest["digest"], kind)
     log.info("evaluate: %d examples in %.0fs; %s", example_count, time.monotonic() - started,
              "blessed" if blessed else "NOT blessed: " + "; ".join(describe(f) for f in failures))
     return result
 
 
-def _per_slice(sliced: dict[tuple, dict[str, dict[str, Any]]], slices: tuple[str, ...]) -> dict[str, Any]:
+def _per_slice(sliced: dict[tuple, dict[str, dict[str, Any]]], slices: tuple[str, ...], kind: str) -> dict[str, Any]:
     """column -> value -> {candidate, baseline, change}, values in a stable order."""
     document: dict[str, dict[str, Any]] = {column: {} for column in slices}
     for slice_key in sorted((key for key in sliced if key), key=lambda key: [(c, str(v)) for c, v in key]):
@@ -301,9 +270,9 @@ def _per_slice(sliced: dict[tuple, dict[str, dict[str, Any]]], slices: tuple[str
         column, value = slice_key[0]
         by_model = sliced[slice_key]
         document.setdefault(column, {})[str(plain(value))] = {
-            CANDIDATE: ordered(by_model.get(CANDIDATE, {})),
-            BASELINE: ordered(by_model[BASELINE]) if BASELINE in by_model else None,
-            "change": ordered(by_model["change"]) if "change" in by_model else None,
+            CANDIDATE: ordered(by_model.get(CANDIDATE, {}), kind),
+            BASELINE: ordered(by_model[BASELINE], kind) if BASELINE in by_model else None,
+            "change": ordered(by_model["change"], kind) if "change" in by_model else None,
         }
     return document
 

@@ -3,9 +3,9 @@ into tf.Examples in one vectorized call (tfx_bsl's encoder).
 
 The features are laid out as the model's `serving_default` signature parses them (numbers as
 float_list, text as bytes_list, a missing value as an empty feature, which the model fills as in
-training), with the raw label and any slice columns for slicing, and the label's index in the
-candidate's label vocabulary (`LABEL_INDEX_KEY`, int64): TFMA compares that index with the
-`probabilities` output.
+training), with the raw label and any slice columns for slicing. For a classifier, the label's
+index in the candidate's label vocabulary (`LABEL_INDEX_KEY`, int64) is added: TFMA compares that
+index with the `probabilities` output. A regression label is compared with `predictions` as it is.
 """
 from __future__ import annotations
 
@@ -41,11 +41,11 @@ def list_array(values: pa.Array, item_type: pa.DataType) -> pa.LargeListArray:
 class ToTFMAInputs(beam.DoFn):
     """A Parquet table in, Arrow record batches of tf.Example columns plus the serialized examples out."""
 
-    def __init__(self, columns: dict[str, str], label: str, vocabulary: tuple[str, ...], arrow_schema: pa.Schema,
-                 raw_column: str, batch_rows: int):
+    def __init__(self, columns: dict[str, str], label: str, vocabulary: tuple[str, ...] | None,
+                 arrow_schema: pa.Schema, raw_column: str, batch_rows: int):
         self._columns = columns  # name -> NUMERIC or CATEGORICAL
         self._label = label
-        self._vocabulary = vocabulary
+        self._vocabulary = vocabulary  # None: a regression label, fed as it is
         self._arrow_schema = arrow_schema
         self._raw_column = raw_column
         self._batch_rows = batch_rows
@@ -54,9 +54,10 @@ class ToTFMAInputs(beam.DoFn):
     def process(self, table: pa.Table) -> Iterator[pa.RecordBatch]:
         from tfx_bsl.coders import example_coder
 
-        index = pc.index_in(pc.cast(table.column(self._label), pa.string()),
-                            value_set=pa.array(self._vocabulary, pa.string()))
-        table = table.append_column(LABEL_INDEX_KEY, index).filter(pc.is_valid(index))
+        if self._vocabulary is not None:
+            index = pc.index_in(pc.cast(table.column(self._label), pa.string()),
+                                value_set=pa.array(self._vocabulary, pa.string()))
+            table = table.append_column(LABEL_INDEX_KEY, index).filter(pc.is_valid(index))
         for start in range(0, table.num_rows, self._batch_rows):
             part = table.slice(start, self._batch_rows).combine_chunks()
             arrays = []
@@ -78,7 +79,7 @@ class ToTFMAInputs(beam.DoFn):
                 log.info("evaluate: %d rows fed to TFMA", self._rows)
 
 
-def tfx_io(columns: dict[str, str], label: str):
+def tfx_io(columns: dict[str, str], indexed_label: bool):
     """The tfx_bsl reader these tf.Examples would be decoded with: its Arrow schema and tensor
     representations are the layout our batches use, so TFMA reads them as it reads TFRecords."""
     import tensorflow_model_analysis as tfma
@@ -88,6 +89,7 @@ def tfx_io(columns: dict[str, str], label: str):
     metadata = schema_pb2.Schema()
     for name, kind in columns.items():
         metadata.feature.add(name=name, type=schema_pb2.FLOAT if kind == NUMERIC else schema_pb2.BYTES)
-    metadata.feature.add(name=LABEL_INDEX_KEY, type=schema_pb2.INT)
+    if indexed_label:
+        metadata.feature.add(name=LABEL_INDEX_KEY, type=schema_pb2.INT)
     return tfxio.TFExampleBeamRecord(physical_format="inmem", telemetry_descriptors=["tunepipe", "evaluate"],
                                      schema=metadata, raw_record_column_name=tfma.ARROW_INPUT_COLUMN)

@@ -49,7 +49,10 @@ class DataConfig(Section):
     label: str
     span_window: int = Field(1, ge=1)
     format: Literal["auto", "csv", "parquet"] = "auto"
-    problem_type: Literal["classification"] = "classification"
+    # auto: decided from the train split's label (components.problem says how); or say which.
+    problem_type: Literal["auto", "classification", "regression"] = "auto"
+    # Binary classification: the class AUC and PR-AUC are about; default the second sorted value.
+    positive_class: str | None = None
     features: FeaturesConfig = FeaturesConfig()
     split: SplitConfig = SplitConfig()
     csv_delimiter: str = Field(",", min_length=1, max_length=1)
@@ -68,6 +71,12 @@ class DataConfig(Section):
         named = set(self.features.include or ()) | set(self.features.types)
         if self.label in named:
             raise ValueError(f"the label {self.label!r} cannot also be listed as a feature")
+        return self
+
+    @model_validator(mode="after")
+    def _positive_class_needs_classes(self) -> DataConfig:
+        if self.positive_class is not None and self.problem_type == "regression":
+            raise ValueError("positive_class is for classification; problem_type is regression")
         return self
 
     @model_validator(mode="after")

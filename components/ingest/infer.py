@@ -86,6 +86,11 @@ def infer_schema(files: list[SourceFile], data: DataConfig) -> Schema:
         raise DataError(f"{first.path}: the file is empty")
     sample = _read_sample(first.path, fmt, data)
     names = sample.column_names
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        where = "; ".join(f"{name!r} in columns {', '.join(str(i + 1) for i, n in enumerate(names) if n == name)}"
+                          for name in repeated)
+        raise DataError(f"{first.path}: duplicate column names: {where} (each column needs its own name)")
     if data.label not in names:
         raise DataError(f"{first.path}: no label column {data.label!r} (columns: {', '.join(names)})")
     named = set(data.features.include or ()) | set(data.features.exclude) | set(data.features.types)
@@ -97,7 +102,7 @@ def infer_schema(files: list[SourceFile], data: DataConfig) -> Schema:
     columns = []
     for name in names:
         if name == data.label:
-            columns.append(Column(name, CATEGORICAL, LABEL))
+            columns.append(Column(name, _label_kind(sample.column(name), data, first.path), LABEL))
             continue
         included = data.features.include is None or name in data.features.include
         selected = included and name not in data.features.exclude
@@ -107,6 +112,19 @@ def infer_schema(files: list[SourceFile], data: DataConfig) -> Schema:
     if not schema.features:
         raise DataError(f"{first.path}: no feature columns are left besides the label {data.label!r}")
     return schema
+
+
+def _label_kind(values: pa.ChunkedArray, data: DataConfig, path: str) -> str:
+    """Categorical for classification; numeric where a regression needs it; for auto, what the
+    data looks like (the train split's values decide the problem later, `components.problem`)."""
+    if data.problem_type == "classification":
+        return CATEGORICAL
+    kind = _inferred_kind(values)
+    if data.problem_type == "regression" and kind != NUMERIC:
+        example = next((value for value in values.drop_null().to_pylist() if str(value).strip()), "")
+        raise DataError(f"{path}: data.problem_type is regression, but the label {data.label!r} holds text "
+                        f"(e.g. {example!r}): a regression label must be a number")
+    return kind
 
 
 def arrow_message(error: Exception) -> str:

@@ -6,6 +6,7 @@ The output is an `examples` artifact (its layout: `components.examples`). The pe
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,6 +19,7 @@ import pyarrow as pa
 from apache_beam.io.filesystems import FileSystems
 
 from components import analyzers, artifacts, beam_run
+from components import problem as problems
 from components import source as source_step
 from components.beam_run import BeamConfig
 from components.errors import DataError
@@ -39,6 +41,7 @@ class IngestResult:
     counts: dict[str, Any]
     digest: str
     spans: tuple[str, ...] = ()
+    problem: problems.Problem | None = None
 
 
 
@@ -143,10 +146,16 @@ def run(data: DataConfig, beam_config: BeamConfig, out: str | os.PathLike[str],
         statistics = json.loads((partial / STATISTICS_FILE).read_text())
         counts = statistics["counts"]
         _check_counts(data.source, data, counts, partial, out)
+        problem = problems.decide(data.problem_type, data.label,
+                                  statistics["splits"]["train"]["columns"][data.label])
+        schema = dataclasses.replace(schema, problem_type=problem.type, problem_reason=problem.reason,
+                                     positive_class=data.positive_class)
         schema.write(partial)
         manifest = artifacts.write_manifest(partial, artifacts.EXAMPLES, "ingest", source=data.source,
-                                            spans=list(resolved.spans), files=[f.path for f in files], counts=counts)
-    log.info("ingest: %d rows read, %d rejected, %d without a label; %s", counts["rows_read"], counts["rejected"],
-             counts["missing_label"], ", ".join(f"{s} {n}" for s, n in counts["splits"].items()))
-    return IngestResult(str(out), schema, counts, manifest["digest"], resolved.spans)
+                                            spans=list(resolved.spans), files=[f.path for f in files], counts=counts,
+                                            problem_type=problem.type, problem_reason=problem.reason)
+    log.info("ingest: %d rows read, %d rejected, %d without a label; %s; %s (%s)", counts["rows_read"],
+             counts["rejected"], counts["missing_label"], ", ".join(f"{s} {n}" for s, n in counts["splits"].items()),
+             problem.type, problem.reason)
+    return IngestResult(str(out), schema, counts, manifest["digest"], resolved.spans, problem)
 

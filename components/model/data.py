@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from components.errors import DataError
 from components.examples import split_files
+from components.problem import REGRESSION
 from components.schema import NUMERIC
 from components.transform import Transform
 
@@ -36,7 +37,7 @@ def _feature_arrays(batch: pa.RecordBatch, transform: Transform) -> dict[str, np
             values = pc.cast(column, pa.float32()).to_numpy(zero_copy_only=False)
         else:
             values = pc.fill_null(pc.cast(column, pa.string()), "").to_numpy(zero_copy_only=False)
-        features[feature.name] = values.reshape(-1, 1)
+        features[feature.key] = values.reshape(-1, 1)
     return features
 
 
@@ -47,9 +48,24 @@ def _label_indices(batch: pa.RecordBatch, transform: Transform) -> np.ndarray:
     return pc.fill_null(indices, -1).to_numpy(zero_copy_only=False).astype(np.int32)
 
 
+def _targets(batch: pa.RecordBatch, transform: Transform) -> tuple[np.ndarray, np.ndarray]:
+    """What the model is trained to output for each row, and which rows can be scored at all.
+
+    multiclass: the class index; binary: 1.0 for the positive class, else 0.0; regression: the
+    label itself (the loss standardizes it). A class the train split never had cannot be scored.
+    """
+    if transform.kind == REGRESSION:
+        values = pc.cast(batch.column(transform.label), pa.float32()).to_numpy(zero_copy_only=False)
+        return values.reshape(-1, 1), ~np.isnan(values)
+    indices = _label_indices(batch, transform)
+    if transform.kind == "binary":
+        return (indices == transform.positive_index).astype(np.float32).reshape(-1, 1), indices >= 0
+    return indices, indices >= 0
+
+
 def dataset(examples: str | os.PathLike[str], split: str, transform: Transform, batch_size: int, *,
             shuffle: bool = False, seed: int | None = None, with_labels: bool = True):
-    """A `tf.data.Dataset` of (features, label index) batches streamed from one split's Parquet shards.
+    """A `tf.data.Dataset` of (features, target) batches streamed from one split's Parquet shards.
 
     With `shuffle`, the shard order changes every epoch and rows are shuffled in a bounded buffer.
     Rows whose label is not in the label vocabulary cannot be scored and are left out.
@@ -75,8 +91,7 @@ def dataset(examples: str | os.PathLike[str], split: str, transform: Transform, 
                 if not with_labels:
                     yield features
                     continue
-                labels = _label_indices(batch, transform)
-                known = labels >= 0
+                labels, known = _targets(batch, transform)
                 if not known.all():
                     unknown += int((~known).sum())
                     features = {name: values[known] for name, values in features.items()}
@@ -87,9 +102,11 @@ def dataset(examples: str | os.PathLike[str], split: str, transform: Transform, 
             log.warning("%s split: %d row(s) have a label the train split does not have; they are left out",
                         split, unknown)
 
-    feature_spec = {feature.name: tf.TensorSpec([None, 1], tf.float32 if feature.kind == NUMERIC else tf.string)
+    feature_spec = {feature.key: tf.TensorSpec([None, 1], tf.float32 if feature.kind == NUMERIC else tf.string)
                     for feature in transform.features}
-    signature = (feature_spec, tf.TensorSpec([None], tf.int32)) if with_labels else feature_spec
+    target_spec = (tf.TensorSpec([None], tf.int32) if transform.kind == "multiclass"
+                   else tf.TensorSpec([None, 1], tf.float32))
+    signature = (feature_spec, target_spec) if with_labels else feature_spec
     rows = tf.data.Dataset.from_generator(record_batches, output_signature=signature).unbatch()
     if shuffle:
         rows = rows.shuffle(SHUFFLE_BUFFER_ROWS, seed=seed, reshuffle_each_iteration=True)

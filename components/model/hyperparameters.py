@@ -15,6 +15,7 @@ from typing import Any
 
 from components.errors import DataError
 from components.model.space import HyperparameterSpec, SearchSpaceConfig
+from components.problem import REGRESSION
 
 DEFAULT_SEARCH_SPACE = SearchSpaceConfig()
 # Keras Tuner's own bookkeeping values (Hyperband epochs, brackets): not model hyperparameters.
@@ -31,6 +32,7 @@ class Architecture:
     batch_norm: bool
     optimizer: str
     learning_rate: float
+    loss: str | None = None  # regression: mse or huber
 
 
 def _declare(hp, name: str, spec: HyperparameterSpec):
@@ -55,11 +57,12 @@ def _possible_values(spec: HyperparameterSpec) -> list[int]:
     return [int(value) for value in spec.candidates()]
 
 
-def architecture(hp, space: SearchSpaceConfig = DEFAULT_SEARCH_SPACE) -> Architecture:
+def architecture(hp, space: SearchSpaceConfig = DEFAULT_SEARCH_SPACE, kind: str = "multiclass") -> Architecture:
     """Declare the search space on `hp` (a `keras_tuner.HyperParameters`) and read this trial's values.
 
     Units are declared per hidden layer, each active only when there are enough layers, so a
-    Bayesian search does not model units of layers the network does not have.
+    Bayesian search does not model units of layers the network does not have. `loss` is declared
+    for a regression model only (`kind`, `components.problem`).
     """
     num_layers = int(_declare(hp, "num_layers", space.num_layers))
     layer_counts = _possible_values(space.num_layers)
@@ -74,25 +77,28 @@ def architecture(hp, space: SearchSpaceConfig = DEFAULT_SEARCH_SPACE) -> Archite
         batch_norm=bool(_declare(hp, "batch_norm", space.batch_norm)),
         optimizer=str(_declare(hp, "optimizer", space.optimizer)),
         learning_rate=float(_declare(hp, "learning_rate", space.learning_rate)),
+        loss=str(_declare(hp, "loss", space.loss)) if kind == REGRESSION else None,
     )
 
 
-def for_values(values: dict[str, Any] | None = None, space: SearchSpaceConfig = DEFAULT_SEARCH_SPACE):
+def for_values(values: dict[str, Any] | None = None, space: SearchSpaceConfig = DEFAULT_SEARCH_SPACE,
+               kind: str = "multiclass"):
     """A `keras_tuner.HyperParameters` holding `values`, with the space's defaults for what they leave out."""
     import keras_tuner
 
     hp = keras_tuner.HyperParameters()
     hp.values.update(model_values(values or {}))
-    architecture(hp, space)
+    architecture(hp, space, kind)
     # Keep only what the model read: e.g. units of a layer that `num_layers` leaves out are dropped.
     active = {declared.name for declared in hp.space if hp.is_active(declared)}
     hp.values = {name: value for name, value in hp.values.items() if name in active}
     return hp
 
 
-def default_hyperparameters(space: SearchSpaceConfig = DEFAULT_SEARCH_SPACE) -> dict[str, Any]:
+def default_hyperparameters(space: SearchSpaceConfig = DEFAULT_SEARCH_SPACE, kind: str = "multiclass"
+                            ) -> dict[str, Any]:
     """Each hyperparameter's default: what training uses when tuning is off."""
-    return dict(for_values(None, space).values)
+    return dict(for_values(None, space, kind).values)
 
 
 def model_values(values: dict[str, Any]) -> dict[str, Any]:

@@ -12,6 +12,8 @@ from components.section import ScalarOption, Section
 # Optimizers and activations the model module knows how to build; the search space may only name these.
 OPTIMIZERS = ("adam", "adamw", "nadam", "rmsprop", "sgd")
 ACTIVATIONS = ("relu", "gelu", "elu", "selu", "swish", "tanh")
+# Regression losses, both on the standardized label (components.model.losses).
+LOSSES = ("mse", "huber")
 
 
 class HyperparameterSpec(Section):
@@ -119,6 +121,9 @@ def _spec_rule(name: str, spec: HyperparameterSpec) -> str | None:
         allowed = OPTIMIZERS if name == "optimizer" else ACTIVATIONS
         if spec.type not in ("choice", "fixed") or any(v not in allowed for v in values):
             return f"must be a choice or fixed value from: {', '.join(allowed)}"
+    elif name == "loss":
+        if spec.type not in ("choice", "fixed") or any(v not in LOSSES for v in values):
+            return f"must be a choice or fixed value from: {', '.join(LOSSES)}"
     elif name == "batch_norm":
         if spec.type not in ("boolean", "fixed") or not isinstance(values[0], bool):
             return "must be type boolean or a fixed true/false"
@@ -141,6 +146,8 @@ class SearchSpaceConfig(Section):
                                                        default="adam")
     activation: HyperparameterSpec = HyperparameterSpec(type="fixed", value="relu")
     batch_norm: HyperparameterSpec = HyperparameterSpec(type="fixed", value=False)
+    # Regression only (a classifier's loss is cross-entropy): mean squared error or Huber.
+    loss: HyperparameterSpec = HyperparameterSpec(type="fixed", value="mse")
 
     @field_validator("*", mode="wrap")
     @classmethod

@@ -1,10 +1,9 @@
 """The `training` config section: training the final model, owned by the train step."""
 from __future__ import annotations
 
-from typing import Literal
+from pydantic import Field, field_validator
 
-from pydantic import Field
-
+from components.problem import logged_everywhere
 from components.section import Section
 
 
@@ -14,7 +13,21 @@ class TrainingConfig(Section):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=1)
     early_stopping_patience: int = Field(10, ge=1)
-    # Early stopping watches this metric on the eval split and restores the weights of its best epoch.
-    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    # Early stopping watches this metric on the eval split and restores the weights of its best epoch:
+    # any metric the model logs (components.problem); a loss or an error is minimised.
+    monitor: str = "val_loss"
     seed: int = 42
+
+    @field_validator("monitor")
+    @classmethod
+    def _a_metric_some_model_logs(cls, monitor: str) -> str:
+        offered = [name for name in logged_everywhere() if name.startswith("val_")]
+        if monitor not in logged_everywhere():
+            raise ValueError(f"unknown metric (models log: {', '.join(offered)}, and the same without val_ "
+                             f"for the train split)")
+        return monitor
+
+    @property
+    def resolved_monitor(self) -> str:
+        return self.monitor
 

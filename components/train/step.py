@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from components import artifacts, objectives
+from components import problem as problems
 from components.errors import DataError, TunepipeError
 from components.model import data, network
 from components.model.hyperparameters import (
@@ -40,9 +41,9 @@ from components.model.hyperparameters import (
     write_hyperparameters,
 )
 from components.model.space import SearchSpaceConfig
-from components.serving import LABEL_VOCABULARY, RAW_SIGNATURE, SERVING_SIGNATURE
+from components.serving import FEATURES_FILE, LABEL_VOCABULARY, RAW_SIGNATURE, SERVING_SIGNATURE
 from components.train.config import TrainingConfig
-from components.train.export import export_saved_model
+from components.train.export import export_saved_model, features_document
 from components.train.warm_start import KERAS_MODEL, warm_start_from
 from components.transform import Transform
 from components.tune.artifact import BEST_HYPERPARAMETERS
@@ -60,7 +61,7 @@ EpochObserver = Callable[[int, dict[str, float]], None]
 @dataclass(frozen=True)
 class TrainResult:
     path: str
-    metrics: dict[str, float]  # on the eval split: accuracy, loss
+    metrics: dict[str, float]  # on the eval split: the loss and what the model logs (components.problem)
     hyperparameters: dict[str, Any]
     epochs_trained: int
     best_epoch: int  # 1-based; its weights are the ones exported
@@ -128,7 +129,8 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
 
     import keras
 
-    hp = for_values(given, space)
+    problems.check_metric(config.resolved_monitor, loaded.kind, "training.monitor")
+    hp = for_values(given, space, loaded.kind)
     values = model_values(hp.values)
     unused = sorted(set(given or {}) - set(values))
     if unused:
@@ -145,8 +147,8 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
 
     train_split = data.dataset(examples, "train", loaded, config.batch_size, shuffle=True, seed=config.seed)
     eval_split = data.dataset(examples, "eval", loaded, config.batch_size)
-    mode = objectives.direction(config.monitor)
-    early_stopping = keras.callbacks.EarlyStopping(monitor=config.monitor, mode=mode,
+    mode = objectives.direction(config.resolved_monitor)
+    early_stopping = keras.callbacks.EarlyStopping(monitor=config.resolved_monitor, mode=mode,
                                                    patience=config.early_stopping_patience,
                                                    restore_best_weights=True)
     started = time.monotonic()
@@ -163,23 +165,27 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
     best_epoch = early_stopping.best_epoch + 1
     with network.expected_warnings():
         scores = keras_model.evaluate(eval_split, verbose=0, return_dict=True)
-    metrics = {"accuracy": float(scores["accuracy"]), "loss": float(scores["loss"])}
+    metrics = {name: float(value) for name, value in scores.items()}
     if not math.isfinite(metrics["loss"]):
         raise DataError(f"{examples}: the eval split gives a non-finite loss; check it for unusable rows")
-    log.info("train: %d epochs in %.0fs, best epoch %d; eval accuracy %.4f, loss %.4f", epochs_trained,
-             time.monotonic() - started, best_epoch, metrics["accuracy"], metrics["loss"])
+    log.info("train: %d epochs in %.0fs, best epoch %d; eval %s", epochs_trained, time.monotonic() - started,
+             best_epoch, ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
 
     with artifacts.building(out) as partial:
         export_saved_model(keras_model, loaded, partial)
         keras_model.save(partial / KERAS_MODEL)
-        (partial / LABEL_VOCABULARY).write_text("".join(f"{label}\n" for label in loaded.label_vocabulary))
+        if loaded.label_vocabulary:
+            (partial / LABEL_VOCABULARY).write_text("".join(f"{label}\n" for label in loaded.label_vocabulary))
+        (partial / FEATURES_FILE).write_text(json.dumps(features_document(loaded), indent=2) + "\n")
         write_hyperparameters(partial / HYPERPARAMETERS, values)
         (partial / METRICS).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _write_history(partial / HISTORY, history.history)
         manifest = artifacts.write_manifest(
             partial, artifacts.MODEL, "train", metrics=metrics, hyperparameters=values, epochs_trained=epochs_trained,
             best_epoch=best_epoch, warm_started=warm_started, warm_start_note=warm_start_note,
-            label_vocabulary=list(loaded.label_vocabulary), signatures=[SERVING_SIGNATURE, RAW_SIGNATURE],
+            problem_type=loaded.problem_type, problem=loaded.kind, label=loaded.label,
+            label_vocabulary=list(loaded.label_vocabulary), positive_class=loaded.positive_class,
+            label_mean=loaded.label_mean, label_std=loaded.label_std, signatures=[SERVING_SIGNATURE, RAW_SIGNATURE],
             examples=str(examples), examples_digest=examples_manifest["digest"], transform=str(transform),
             transform_digest=transform_manifest["digest"])
     log.info("train: exported the model to %s", out)

@@ -7,6 +7,7 @@ from pydantic import Field, field_validator, model_validator
 
 from components import objectives
 from components.model.space import SearchSpaceConfig
+from components.problem import REGRESSION, check_metric, default_objective, logged_everywhere
 from components.section import Section
 from components.tune.algorithms import ALGORITHMS
 
@@ -31,8 +32,10 @@ class TunerConfig(Section):
     # least 3). Keras Tuner's own default, 3 per hyperparameter, would leave a small budget all random.
     bayesian_initial_trials: int | None = Field(None, ge=1)
     seed: int = 42
-    objective: Literal["val_accuracy", "val_loss", "accuracy", "loss"] = "val_accuracy"
-    # None: maximize accuracies, minimize losses.
+    # Any metric the model logs (components.problem); None: val_accuracy for a classifier, val_loss
+    # for a regression.
+    objective: str | None = None
+    # None: minimize losses and errors, maximize the rest (components.objectives).
     direction: Literal["max", "min"] | None = None
     batch_size: int = Field(32, ge=1)
     early_stopping_patience: int = Field(3, ge=1)
@@ -43,6 +46,13 @@ class TunerConfig(Section):
     retune_after_days: float | None = Field(7, gt=0)
     search_space: SearchSpaceConfig = SearchSpaceConfig()
 
+    @field_validator("objective")
+    @classmethod
+    def _a_metric_some_model_logs(cls, objective: str | None) -> str | None:
+        if objective is not None and objective not in logged_everywhere():
+            raise ValueError(f"unknown metric (models log: {', '.join(logged_everywhere())})")
+        return objective
+
     @field_validator("algorithm")
     @classmethod
     def _known_algorithm(cls, name: str) -> str:
@@ -52,13 +62,22 @@ class TunerConfig(Section):
 
     @model_validator(mode="after")
     def _direction_fits_objective(self) -> TunerConfig:
+        if self.objective is None:
+            return self
         natural = objectives.direction(self.objective)
         if self.direction is not None and self.direction != natural:
             raise ValueError(f"direction {self.direction} contradicts the objective {self.objective}, which is "
                              f"{'maximized' if natural == objectives.MAX else 'minimized'}")
         return self
 
+    def for_problem(self, kind: str) -> TunerConfig:
+        """This config with its objective resolved for a model of `kind` (binary, multiclass or
+        regression); a ConfigError when the configured objective is not one such a model logs."""
+        objective = self.objective or default_objective(kind)
+        check_metric(objective, kind, "tuner.objective")
+        return self.model_copy(update={"objective": objective})
+
     @property
     def resolved_direction(self) -> str:
-        return self.direction or objectives.direction(self.objective)
+        return self.direction or objectives.direction(self.objective or default_objective(REGRESSION))
 

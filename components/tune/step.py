@@ -227,10 +227,12 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
     inputs = {"examples": str(examples), "examples_digest": examples_manifest["digest"],
               "transform": str(transform), "transform_digest": transform_manifest["digest"]}
     loaded = Transform.read(transform)
+    config = config.for_problem(loaded.kind)
     space = config.search_space
     if not config.enabled:
         log.info("tune: tuning is off; the result is the search space's default hyperparameters")
-        return artifact.write(out, config, hyperparameters.default_hyperparameters(space), None, [], {}, None, inputs)
+        defaults = hyperparameters.default_hyperparameters(space, loaded.kind)
+        return artifact.write(out, config, defaults, None, [], {}, None, inputs)
 
     import keras
     import keras_tuner

@@ -11,13 +11,17 @@ from pipeline.queries.runs import RunRow
 from pipeline.queries.trials import TrialSearch
 
 
+def _headline(row) -> str:
+    return "-" if row.headline is None else f"{row.headline[0]} {row.headline[1]:.4f}"
+
+
 def runs_table(rows: list[RunRow], title: str | None = None):
     from rich.table import Table
 
     table = Table(title=title, title_justify="left")
     show_experiment = len({row.experiment for row in rows}) > 1
     columns = ["started", "run", *(["experiment"] if show_experiment else []), "status", "spans", "best trial",
-               "accuracy", "blessed", "pushed", "cached steps"]
+               "evaluation", "blessed", "pushed", "cached steps"]
     for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
@@ -34,7 +38,7 @@ def runs_table(rows: list[RunRow], title: str | None = None):
         spans = "-" if row.spans is None else ", ".join(row.spans) or "none"
         cached = ", ".join(row.cached_steps) or "-"
         cells = [_format_time(row.started), f"{row.name}\n{row.run_id}", *([row.experiment] if show_experiment else []),
-                 row.status.lower(), spans, best, "-" if row.accuracy is None else f"{row.accuracy:.4f}",
+                 row.status.lower(), spans, best, _headline(row),
                  {True: "yes", False: "no", None: "-"}[row.blessed], pushed, cached]
         table.add_row(*cells)
     return table

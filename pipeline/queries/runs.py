@@ -46,6 +46,12 @@ class RunRow:
         return self.eval_metrics.get("accuracy")
 
     @property
+    def headline(self) -> tuple[str, float] | None:
+        """The evaluation's leading metric: accuracy for a classifier, rmse for a regression."""
+        return next(((name, self.eval_metrics[name]) for name in ("accuracy", "rmse") if name in self.eval_metrics),
+                    None)
+
+    @property
     def seconds(self) -> float | None:
         if self.started is None or self.ended is None:
             return None
@@ -89,7 +95,7 @@ def _run_row(store: Store, pipeline: Any) -> RunRow:
             trials = int(candidate.data.metrics["trials"])
             break
     if tune is not None:
-        objective = _json_param(tune, "tuner").get("objective")
+        objective = tune.data.tags.get(tags.OBJECTIVE) or _json_param(tune, "tuner").get("objective")
 
     evaluate_metrics = evaluate.data.metrics if evaluate is not None else {}
     eval_metrics = {key.removeprefix("eval_"): value for key, value in evaluate_metrics.items()

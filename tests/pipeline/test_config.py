@@ -170,3 +170,30 @@ def test_an_output_root_off_the_work_volume_names_both_keys():
         config.from_dict(with_volumes({"work": WORK}, output_root="/data/tunepipe"))
     # Without a work volume, the output root may be anywhere.
     config.from_dict(with_volumes({"serving": SERVING}, serving_dir="/models", output_root="/data/tunepipe"))
+
+
+@pytest.mark.parametrize("source, name", [
+    ("cars.csv", "cars"),
+    ("/data/Miles Per Gallon.CSV", "miles-per-gallon"),
+    ("data/spans/{SPAN}/*.csv", "spans"),
+    ("gs://bucket/events/{YYYY}-{MM}-{DD}/*.parquet", "events"),
+    ("*.csv", "tunepipe"),
+])
+def test_without_a_name_the_pipeline_is_named_after_its_data(source, name):
+    loaded = config.from_dict({"data": {"source": source, "label": "y"}})
+    assert loaded.name == loaded.resolved_model_name == name
+    assert config.from_dict({"name": "mine", "data": {"source": source, "label": "y"}}).name == "mine"
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"tuner": {"objective": "val_f1"}}, "tuner.objective: unknown metric (models log: val_loss, val_accuracy"),
+    ({"training": {"monitor": "val_f1"}}, "training.monitor: unknown metric"),
+    ({"data": {"source": "x.csv", "label": "y", "problem_type": "regression", "positive_class": "a"}},
+     "data: positive_class is for classification; problem_type is regression"),
+    ({"data": {"source": "x.csv", "label": "y", "problem_type": "ordinal"}}, "data.problem_type: "),
+    ({"evaluation": {"value_thresholds": {"rsme": {"upper": 3}}}}, "did you mean 'rmse'?"),
+])
+def test_problem_settings_are_checked_when_loaded(section, message):
+    with pytest.raises(ConfigError) as raised:
+        config.from_dict({"data": {"source": "x.csv", "label": "y"}, **section})
+    assert message in str(raised.value)

@@ -54,7 +54,8 @@ def test_a_changed_search_space_or_an_old_search_is_searched_again(penguin_input
     _, searched = run_tune_task(penguin_inputs, tmp_path, "first", options, reuse=False)
     assert searched.data.tags[tags.TUNING] == "searched"  # `tunepipe run` always searches
 
-    previous = trial_tracking.last_search(step_tracking, tiny_config())
+    # What the hook looks up with: the objective resolved for the penguins (a multiclass problem).
+    previous = trial_tracking.last_search(step_tracking, tiny_config().for_problem("multiclass"))
     assert previous.run_id == searched.info.run_id
     assert reuse.reuse_decision(previous, tiny_config(), now=previous.started + 6.9 * 86400) is None
     assert reuse.reuse_decision(previous, tiny_config(), now=previous.started + 7.5 * 86400) == (
@@ -63,7 +64,7 @@ def test_a_changed_search_space_or_an_old_search_is_searched_again(penguin_input
     assert reuse.reuse_decision(previous, never, now=previous.started + 400 * 86400) is None
 
     wider = tiny_config(search_space={**TINY_SPACE, "units": {"type": "int", "min": 2, "max": 16}})
-    assert trial_tracking.last_search(step_tracking, wider) is None
+    assert trial_tracking.last_search(step_tracking, wider.for_problem("multiclass")) is None
     options = wider.model_dump(mode="json", exclude_none=True)
     _, again = run_tune_task(penguin_inputs, tmp_path, "wider", options, reuse=True)
     assert again.data.tags[tags.TUNING] == "searched"

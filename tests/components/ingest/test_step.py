@@ -232,3 +232,36 @@ def test_feature_types_can_be_overridden(tmp_path):
 def test_wrong_type_in_the_data_section_is_a_config_error():
     with pytest.raises(ConfigError, match=r"data\.max_reject_fraction"):
         data_config("x.csv", max_reject_fraction="some")
+
+
+def test_duplicate_column_names_are_one_line_naming_them(tmp_path):
+    source = tmp_path / "table.csv"
+    source.write_text("species,island,mass,mass\nAdelie,Dream,1,2\nGentoo,Biscoe,3,4\n")
+    with pytest.raises(DataError) as raised:
+        ingest.run(data_config(source).data, BEAM, tmp_path / "examples")
+    assert str(raised.value) == (f"{source}: duplicate column names: 'mass' in columns 3, 4 (each column needs its "
+                                 f"own name)")
+    assert not (tmp_path / "examples").exists()
+
+
+def test_a_regression_on_a_text_label_is_refused(tmp_path):
+    source = tmp_path / "table.csv"
+    source.write_text(HEADER + penguin_rows(50))
+    with pytest.raises(DataError, match="data.problem_type is regression, but the label 'species' holds text "
+                                        "\\(e.g. '(Adelie|Gentoo|Chinstrap)'\\)"):
+        ingest.run(data_config(source, problem_type="regression").data, BEAM, tmp_path / "examples")
+
+
+def test_a_numeric_label_with_few_whole_values_is_classification_and_the_decision_is_recorded(tmp_path):
+    source = tmp_path / "table.csv"
+    rng = np.random.default_rng(0)
+    source.write_text("rating,size\n" + "".join(f"{rng.integers(1, 6)},{rng.normal():.3f}\n" for _ in range(300)))
+    result = ingest.run(data_config(source, label="rating").data, BEAM, tmp_path / "auto")
+    assert result.problem.type == "classification"
+    assert result.problem.reason == "auto: 5 distinct whole numbers (at most 10 make classes)"
+    schema = Schema.read(tmp_path / "auto")
+    assert (schema.problem_type, schema.problem_reason) == ("classification", result.problem.reason)
+    assert artifacts.read_manifest(tmp_path / "auto", "examples")["problem_type"] == "classification"
+    forced = ingest.run(data_config(source, label="rating", problem_type="regression").data, BEAM,
+                        tmp_path / "forced")
+    assert (forced.problem.type, forced.problem.reason) == ("regression", "configured")
