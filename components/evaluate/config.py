@@ -13,19 +13,20 @@ from components.section import Section
 class EvaluationConfig(Section):
     """Model evaluation with TFMA and the thresholds that decide the blessing. Owned by the evaluate step.
 
-    Thresholds are keyed by metric: accuracy, loss, macro_auc (one-vs-rest AUC averaged over the
-    classes), example_count, and the per-class precision, recall, auc and calibration (a threshold on
-    those holds for every class). A value threshold bounds the candidate's metric (`lower`, `upper`);
+    Thresholds are keyed by metric, those of the problem's kind (`components.evaluate.metrics`): a
+    classifier's accuracy, loss, macro_auc, example_count, roc_auc and pr_auc (binary), and the
+    per-class precision, recall, auc and calibration (a threshold on those holds for every class); a
+    regression's rmse, mae, mse, r2, mean_label, mean_prediction, calibration. A value threshold bounds the candidate's metric (`lower`, `upper`);
     a change threshold bounds candidate minus baseline (`absolute`) or that difference over the
     baseline (`relative`), in the metric's `direction` (the usual one when left out):
     {accuracy: {absolute: -0.01}} means "not worse than the baseline by more than 0.01". Without a
     baseline (the first run) change thresholds are skipped. Left empty, each kind has a default,
-    documented in components/evaluate.py and reported in the blessing.
+    documented in components/evaluate/blessing.py and reported in the blessing.
     """
 
     # Feature (or passthrough) columns to slice by, besides the overall slice.
     slices: tuple[str, ...] = ()
-    # e.g. {accuracy: {lower: 0.9}}; see components/evaluate.py for the defaults applied when empty.
+    # e.g. {accuracy: {lower: 0.9}} or {rmse: {upper: 50}}; the defaults when empty: evaluate/blessing.py.
     value_thresholds: dict[str, dict[str, float]] = {}
     # e.g. {accuracy: {direction: higher_is_better, absolute: -0.01}}: not worse than the baseline by more.
     change_thresholds: dict[str, dict[str, float | str]] = {}
