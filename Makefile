@@ -7,7 +7,7 @@ CONFIG ?= data/penguins/pipeline.yaml
 # `uv run` must never re-resolve: what runs is what uv.lock pins.
 export UV_FROZEN := 1
 
-.PHONY: install demo test e2e clean
+.PHONY: install browser demo test e2e clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -18,8 +18,14 @@ install:
 demo: install
 	$(UV) run tunepipe run --config $(CONFIG)
 
+## Headless Chromium and its driver (Debian's packages), which the tuning report's test opens it in.
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -q && $$SUDO apt-get install -y -q --no-install-recommends chromium chromium-driver; }
+
 ## Install, then run the test suite: unit, component, compile and CLI tests.
-test: install
+test: install browser
 	$(UV) run pytest
 
 ## Install, then run whole pipelines end to end with kfp.local (several minutes).

@@ -89,17 +89,24 @@ def runs(config_file, tracking_uri, experiment, limit):
 
 @click.command()
 @_store_options
+@click.option("--format", "output_format", type=click.Choice(["text", "html"]), default="text", show_default=True,
+              help="text: a table for the terminal; html: the tuning report, plots included (renders offline).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 @click.argument("run")
-def trials(config_file, tracking_uri, run):
+def trials(config_file, tracking_uri, output_format, output, run):
     """List the tuner trials of RUN (a pipeline run id or name, or a tune step run id), best first.
 
     When the run's tune step came from kfp's cache, these are the trials of the run that produced
     the reused tuning result.
     """
     from pipeline import queries
+    from pipeline.queries.trials import report
 
     with _store(config_file, tracking_uri) as (store, _):
         search = queries.trials(run, store=store)
+        if output_format == "html":
+            _write_or_echo(report(search), output, f"the tuning report of tune run {search.tune_run_id}")
+            return
         if not search.rows:
             tune = store.run(search.tune_run_id)
             why = ("tuning was off: the default hyperparameters were used" if tune.data.metrics.get("trials") == 0
@@ -151,6 +158,18 @@ def lineage(config_file, tracking_uri, output_format, output, target):
     else:
         click.echo(f"wrote the {output_format} lineage of {graph.target} ({len(graph.nodes)} nodes, "
                    f"{len(graph.edges)} edges) to {output}")
+
+
+def _write_or_echo(text: str, output: str | None, what: str) -> None:
+    if not output:
+        click.echo(text, nl=False)
+        return
+    try:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    except OSError as error:
+        raise TunepipeError(f"cannot write {output}: {error.strerror or error}") from None
+    click.echo(f"wrote {what} to {output}")
 
 
 COMMANDS = [runs, trials, lineage]

@@ -148,6 +148,8 @@ def _resolve_relative(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in ("output_root", "serving_dir"):
         if key in resolved:
             resolved[key] = resolve(resolved[key])
+    if isinstance(resolved.get("tuner"), dict) and isinstance(resolved["tuner"].get("hypermodel"), str):
+        resolved["tuner"] = {**resolved["tuner"], "hypermodel": resolve(resolved["tuner"]["hypermodel"])}
     if isinstance(resolved.get("tracking_uri"), str) and resolved["tracking_uri"].startswith("sqlite:///"):
         path = resolved["tracking_uri"].removeprefix("sqlite:///")
         resolved["tracking_uri"] = "sqlite:///" + str(resolve(path))
@@ -165,8 +167,19 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def from_dict(raw: dict[str, Any], origin: str = "config") -> PipelineConfig:
-    """Validate a plain mapping into a PipelineConfig; `origin` names it in error messages."""
-    return section(PipelineConfig, raw, origin)
+    """Validate a plain mapping into a PipelineConfig; `origin` names it in error messages.
+
+    The hypermodel module is checked here, where the config is read: a step gets its text as a
+    parameter (`pipeline.dag`), and the file need not exist where the step runs."""
+    loaded = section(PipelineConfig, raw, origin)
+    if loaded.tuner.hypermodel:
+        from components.model.hypermodel import HypermodelSource
+
+        try:
+            HypermodelSource.read(loaded.tuner.hypermodel)
+        except ConfigError as error:
+            raise ConfigError(f"{origin}: {error}") from None
+    return loaded
 
 
 def section(model: type[_Model], raw: dict[str, Any], origin: str) -> _Model:

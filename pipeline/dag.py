@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from kfp import dsl
-from kfp.dsl import Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
 from pipeline import steps
 from pipeline.config import PipelineConfig
@@ -54,19 +54,21 @@ def preprocess(examples: Input[Dataset], options: dict, beam: dict, code_version
     launcher.run_step("preprocess", **arguments)
 
 
-def tune(examples: Input[Dataset], transform: Input[Artifact], options: dict, work_root: str,
-         reuse_hyperparameters: bool, code_version: str, tuning: Output[Artifact]):
+def tune(examples: Input[Dataset], transform: Input[Artifact], options: dict, hypermodel_source: str,
+         work_root: str, reuse_hyperparameters: bool, code_version: str, tuning: Output[Artifact],
+         report: Output[HTML]):
     """Keras Tuner search over the transform's features; each trial is a nested MLflow run.
     `work_root` holds Keras Tuner's state so a killed search resumes. With `reuse_hyperparameters`
     (retraining), the best hyperparameters of the last search over the same space, unless it is
-    older than `tuner.retune_after_days`."""
+    older than `tuner.retune_after_days`. `hypermodel_source` is the text of `tuner.hypermodel`'s
+    module ("" for the built-in model): a parameter, so it reaches the pods and keys the cache."""
     arguments = dict(locals())
     from pipeline import launcher
     launcher.run_step("tune", **arguments)
 
 
 def train(examples: Input[Dataset], transform: Input[Artifact], tuning: Input[Artifact], options: dict,
-          tuner: dict, warm_start: str, code_version: str, model: Output[Model]):
+          tuner: dict, hypermodel_source: str, warm_start: str, code_version: str, model: Output[Model]):
     """Train the best hyperparameters with early stopping and export the SavedModel for serving.
     `tuner` carries the search space, whose defaults fill what the tuning result leaves out.
     `warm_start` is the served model to start from ("" for none), when its weights fit."""
@@ -131,6 +133,7 @@ def pipeline_arguments(config: PipelineConfig, code_version: str, force_push: bo
         "preprocess": section(config.preprocess),
         "beam": section(config.beam),
         "tuner": section(config.tuner),
+        "hypermodel_source": _module_text(config.tuner.hypermodel),
         "training": section(config.training),
         "evaluation": section(config.evaluation),
         "reuse_hyperparameters": reuse_hyperparameters,
@@ -141,6 +144,14 @@ def pipeline_arguments(config: PipelineConfig, code_version: str, force_push: bo
         "force_push": force_push,
         "code_version": code_version,
     }
+
+
+def _module_text(reference: str | None) -> str:
+    if not reference:
+        return ""
+    from components.model.hypermodel import HypermodelSource
+
+    return HypermodelSource.read(reference).source
 
 
 def _location(path: str, *parts: str) -> str:
@@ -196,6 +207,7 @@ def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_ver
         preprocess: dict = defaults["preprocess"],
         beam: dict = defaults["beam"],
         tuner: dict = defaults["tuner"],
+        hypermodel_source: str = defaults["hypermodel_source"],
         training: dict = defaults["training"],
         evaluation: dict = defaults["evaluation"],
         reuse_hyperparameters: bool = defaults["reuse_hyperparameters"],
@@ -215,13 +227,15 @@ def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_ver
         tasks["preprocess"] = ops["preprocess"](examples=examples, options=preprocess, beam=beam,
                                                 code_version=code_version)
         transform = tasks["preprocess"].outputs["transform"]
-        tasks["tune"] = ops["tune"](examples=examples, transform=transform, options=tuner, work_root=work_root,
+        tasks["tune"] = ops["tune"](examples=examples, transform=transform, options=tuner,
+                                    hypermodel_source=hypermodel_source, work_root=work_root,
                                     reuse_hyperparameters=reuse_hyperparameters, code_version=code_version)
         tuning = tasks["tune"].outputs["tuning"]
         tasks["resolve-baseline"] = ops["resolve-baseline"](serving_dir=serving_dir, model_name=model_name,
                                                             warm_start=warm_start)
         tasks["train"] = ops["train"](examples=examples, transform=transform, tuning=tuning, options=training,
-                                      tuner=tuner, warm_start=tasks["resolve-baseline"].outputs["Output"],
+                                      tuner=tuner, hypermodel_source=hypermodel_source,
+                                      warm_start=tasks["resolve-baseline"].outputs["Output"],
                                       code_version=code_version)
         model = tasks["train"].outputs["model"]
         tasks["evaluate"] = ops["evaluate"](examples=examples, model=model,

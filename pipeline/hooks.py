@@ -65,6 +65,28 @@ def preprocess(context: StepContext) -> Outcome:
                          **({tags.LEFT_OUT: ",".join(transform.left_out)} if transform.left_out else {})})
 
 
+def _hypermodel(context: StepContext):
+    """The user's hypermodel module as the task received it (its text, a parameter), or None; the
+    module file and its digest go into the step's tracking run."""
+    from components.model.hypermodel import HypermodelSource
+
+    reference, text = context.config["tuner"].hypermodel, context.parameters.get("hypermodel_source") or ""
+    if not reference or not text:
+        return None
+    path, function = HypermodelSource.split(reference)
+    source = HypermodelSource(path, function, text)
+    context.record.tags({tags.HYPERMODEL: f"{path}:{function}", tags.HYPERMODEL_DIGEST: source.digest})
+    context.record.log_text(text, f"hypermodel/{os.path.basename(path)}")
+    return source
+
+
+def _show(context: StepContext, path: str, output: str = "report") -> None:
+    """A file of the step's artifact as a KFP output the UI shows (Markdown, HTML)."""
+    shown = context.artifacts[output].path
+    os.makedirs(os.path.dirname(shown), exist_ok=True)
+    shutil.copyfile(path, shown)
+
+
 def _work_dir(root: str, step: str, *keys: Any) -> str:
     """A working directory that outlives one attempt of a step (Keras Tuner's state), keyed by
     everything that makes two attempts the same search."""
@@ -78,12 +100,14 @@ def tune(context: StepContext) -> Outcome:
     unless it is older than `tuner.retune_after_days`."""
     from components.transform import Transform
     from components.tune import reuse
+    from components.tune.report import REPORT
     from pipeline import trial_tracking
 
     record = context.record
     examples, transform, out = (context.path(name) for name in (artifacts.EXAMPLES, artifacts.TRANSFORM,
                                                                  artifacts.TUNING))
     config = context.config["tuner"].for_problem(Transform.read(transform).kind)
+    source = _hypermodel(context)
     inputs = {name: (context.artifacts[name].uri, artifacts.read_manifest(context.path(name), name)["digest"])
               for name in (artifacts.EXAMPLES, artifacts.TRANSFORM)}
     work_dir = _work_dir(context.parameters["work_root"], "tune", inputs, context.parameters["options"])
@@ -92,7 +116,8 @@ def tune(context: StepContext) -> Outcome:
     reusing = context.parameters["reuse_hyperparameters"]
     if reusing:
         if record.experiment_id is not None:
-            previous = trial_tracking.last_search(record.experiment_id, config)
+            previous = trial_tracking.last_search(record.experiment_id, config,
+                                                  source.digest if source else None)
             why = reuse.reuse_decision(previous, config)
         else:
             why = "no tracking store to find an earlier search in"
@@ -105,9 +130,11 @@ def tune(context: StepContext) -> Outcome:
         how = tags.REUSED
     else:
         observer = trial_tracking.MlflowTrials(record.run_id, config.objective) if record.enabled else None
-        result = context.component(examples, transform, out, config, observer, work_dir=work_dir)
+        result = context.component(examples, transform, out, config, observer, work_dir=work_dir,
+                                   hypermodel_source=source)
         how = tags.SEARCHED if config.enabled else tags.OFF
-    recorded = {tags.TUNING: how, tags.SEARCH_SPACE: reuse.search_space_digest(config),
+    space_digest = reuse.search_space_digest(config, source.digest if source else None)
+    recorded = {tags.TUNING: how, tags.SEARCH_SPACE: space_digest,
                 tags.OBJECTIVE: config.objective,
                 tags.BEST_HYPERPARAMETERS: json.dumps(result.best_hyperparameters, sort_keys=True)}
     if reused:
@@ -116,6 +143,7 @@ def tune(context: StepContext) -> Outcome:
         recorded[tags.TUNING_WHY] = why
     if result.best_trial_id:
         recorded[tags.BEST_TRIAL] = result.best_trial_id
+    _show(context, os.path.join(out, REPORT))
     metrics = {"best_score": result.best_score} if result.best_score is not None else {}
     if not reused:
         metrics["trials"] = len(result.trials)
@@ -138,7 +166,8 @@ def train(context: StepContext) -> Outcome:
     epochs = trial_tracking.epoch_logger(record.run_id) if record.enabled else None
     result = context.component(context.path(artifacts.EXAMPLES), context.path(artifacts.TRANSFORM), model, training,
                                hyperparameters=context.path(artifacts.TUNING), warm_start=warm_start,
-                               search_space=context.config["tuner"].search_space, epoch_observer=epochs)
+                               search_space=context.config["tuner"].search_space, epoch_observer=epochs,
+                               hypermodel_source=_hypermodel(context))
     record.params({**result.hyperparameters,
                    **{f"training.{name}": value for name, value in training.model_dump().items()}})
     metrics = {f"eval_{name}": value for name, value in result.metrics.items()}
@@ -193,9 +222,7 @@ def evaluate(context: StepContext) -> Outcome:
         os.makedirs(os.path.dirname(confusion.path), exist_ok=True)
         with open(confusion.path, "w", encoding="utf-8") as handle:
             handle.write("{}\n")
-    shown = context.artifacts["report"].path
-    os.makedirs(os.path.dirname(shown), exist_ok=True)
-    shutil.copyfile(os.path.join(evaluation, report.REPORT), shown)
+    _show(context, os.path.join(evaluation, report.REPORT))
     lines = report.summary_lines(result)
     for line in lines:
         print(f"evaluate: {line}")

@@ -29,8 +29,9 @@ from pipeline import steps
 from pipeline.tracking import StepRecorder
 
 ERROR_FILE_ENV = "TUNEPIPE_ERROR_FILE"
-# Arguments that only key kfp's cache (they change when the data or the code do): not recorded.
-CACHE_KEYS = ("code_version", "data_fingerprint")
+# Arguments that only key kfp's cache (they change when the data or the code do), or that are
+# recorded otherwise (a hypermodel module's text: as a file and a digest): not recorded as params.
+CACHE_KEYS = ("code_version", "data_fingerprint", "hypermodel_source")
 # Pipeline parameters that the `data` section is made of besides its own dict (so that `--param
 # source=...` overrides them on Kubeflow).
 _DATA_PARAMETERS = ("source", "label")

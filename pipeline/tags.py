@@ -59,6 +59,10 @@ OBJECTIVE = "tunepipe.objective"
 # Trial params that describe the trial (Hyperband's bookkeeping), not the model.
 TRIAL_FACTS = ("trial_id", "bracket", "round", "initial_epoch", "max_epoch", "continued_from")
 
+# tune and train: the user's hypermodel module (`path:function`) and its content digest
+HYPERMODEL = "tunepipe.hypermodel"
+HYPERMODEL_DIGEST = "tunepipe.hypermodel.digest"
+
 # train
 WARM_START = "tunepipe.warm_start"
 

@@ -118,6 +118,11 @@ class StepRecorder:
         if self._mlflow:
             self._mlflow.log_artifacts(path, artifact_path=artifact_path)
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """A file among the run's MLflow artifacts (e.g. the hypermodel module it ran)."""
+        if self._mlflow:
+            self._mlflow.log_text(text, artifact_file)
+
     def inputs(self, values: dict[str, tuple[str, str]]) -> None:
         """Inputs known only once the step has started (e.g. an earlier run's result it reuses)."""
         if self._mlflow:

@@ -129,12 +129,13 @@ class MlflowTrials(TrialObserver):
         self._client.set_terminated(run_id, "FINISHED" if trial.status == COMPLETED else "FAILED")
 
 
-def last_search(experiment_id: str, config: TunerConfig) -> PreviousSearch | None:
+def last_search(experiment_id: str, config: TunerConfig, hypermodel_digest: str | None = None
+                ) -> PreviousSearch | None:
     """The newest finished search over the same search space in `experiment_id` (the pipeline's)."""
     from mlflow import MlflowClient
 
     query = (f"tags.`{tags.STEP}` = 'tune' and tags.`{tags.TUNING}` = '{tags.SEARCHED}' "
-             f"and tags.`{tags.SEARCH_SPACE}` = '{search_space_digest(config)}' "
+             f"and tags.`{tags.SEARCH_SPACE}` = '{search_space_digest(config, hypermodel_digest)}' "
              "and attributes.status = 'FINISHED'")
     for run in MlflowClient().search_runs([experiment_id], query, order_by=["attributes.start_time DESC"],
                                           max_results=5):

@@ -13,9 +13,10 @@ from components.tune.config import TunerConfig
 # better to epoch 2, 2 of 2 epochs), 7 epochs in all.
 HYPERBAND_TRIALS = 5
 TINY_SPACE = {
-    "num_layers": 1,
-    "units": {"type": "int", "min": 2, "max": 8},
+    "architecture": {"type": "fixed", "value": "mlp",
+                     "branches": {"mlp": {"num_layers": 1, "units": {"type": "int", "min": 2, "max": 8}}}},
     "dropout": 0.0,
+    "weight_decay": 0.0,
     "learning_rate": {"type": "float", "min": 1e-3, "max": 1e-1, "sampling": "log"},
     "optimizer": "adam",
 }

@@ -16,9 +16,10 @@ class EvaluationConfig(Section):
     Thresholds are keyed by metric, those of the problem's kind (`components.evaluate.metrics`): a
     classifier's accuracy, loss, macro_auc, example_count, roc_auc and pr_auc (binary), and the
     per-class precision, recall, auc and calibration (a threshold on those holds for every class); a
-    regression's rmse, mae, mse, r2, mean_label, mean_prediction, calibration. A value threshold bounds the candidate's metric (`lower`, `upper`);
-    a change threshold bounds candidate minus baseline (`absolute`) or that difference over the
-    baseline (`relative`), in the metric's `direction` (the usual one when left out):
+    regression's rmse, mae, mse, r2, mean_label, mean_prediction, calibration. A value threshold
+    bounds the candidate's metric (`lower`, `upper`); a change threshold bounds candidate minus
+    baseline (`absolute`) or that difference over the baseline (`relative`), in the metric's
+    `direction` (the usual one when left out):
     {accuracy: {absolute: -0.01}} means "not worse than the baseline by more than 0.01". Without a
     baseline (the first run) change thresholds are skipped. Left empty, each kind has a default,
     documented in components/evaluate/blessing.py and reported in the blessing.

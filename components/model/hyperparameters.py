@@ -26,17 +26,20 @@ TUNER_KEYS_PREFIX = "tuner/"
 class Architecture:
     """The values `build_model` reads from the hyperparameters."""
 
-    units: tuple[int, ...]  # one entry per hidden layer
+    kind: str  # mlp, residual or wide_deep (components.model.space.ARCHITECTURES)
+    units: tuple[int, ...]  # mlp, wide_deep: one entry per hidden layer; residual: the width of each block
     dropout: float
     activation: str
     batch_norm: bool
     optimizer: str
     learning_rate: float
+    weight_decay: float = 0.0
     loss: str | None = None  # regression: mse or huber
 
 
 def _declare(hp, name: str, spec: HyperparameterSpec):
-    """Register one hyperparameter with Keras Tuner and return its value for this trial."""
+    """Register one hyperparameter with Keras Tuner and return its value for this trial (None when a
+    condition it is declared under does not hold)."""
     if spec.type == "int":
         return hp.Int(name, int(spec.min), int(spec.max), step=int(spec.step) if spec.step else None,
                       sampling=spec.sampling or "linear",
@@ -57,26 +60,51 @@ def _possible_values(spec: HyperparameterSpec) -> list[int]:
     return [int(value) for value in spec.candidates()]
 
 
+def _layers(hp, prefix: str, branch: dict[str, HyperparameterSpec]) -> tuple[int, ...]:
+    """`<prefix>.num_layers` and one `<prefix>.units_<i>` per layer that many layers can have, each
+    active only when there are enough layers (so a Bayesian search does not model the units of
+    layers the network does not have)."""
+    counts = _possible_values(branch["num_layers"])
+    chosen = _declare(hp, f"{prefix}.num_layers", branch["num_layers"])
+    units = []
+    for index in range(max(counts)):
+        with hp.conditional_scope(f"{prefix}.num_layers", [count for count in counts if count > index]):
+            value = _declare(hp, f"{prefix}.units_{index}", branch["units"])
+        if chosen is not None and index < int(chosen):
+            units.append(int(value))
+    return tuple(units)
+
+
 def architecture(hp, space: SearchSpaceConfig = DEFAULT_SEARCH_SPACE, kind: str = "multiclass") -> Architecture:
     """Declare the search space on `hp` (a `keras_tuner.HyperParameters`) and read this trial's values.
 
-    Units are declared per hidden layer, each active only when there are enough layers, so a
-    Bayesian search does not model units of layers the network does not have. `loss` is declared
-    for a regression model only (`kind`, `components.problem`).
+    Every architecture's own hyperparameters are declared, each under the condition that its
+    architecture is the one chosen, so the whole space is known after one call (what a grid search
+    enumerates and a Bayesian search models). `loss` is declared for a regression model only
+    (`kind`, `components.problem`).
     """
-    num_layers = int(_declare(hp, "num_layers", space.num_layers))
-    layer_counts = _possible_values(space.num_layers)
-    units = []
-    for index in range(num_layers):
-        with hp.conditional_scope("num_layers", [count for count in layer_counts if count > index]):
-            units.append(int(_declare(hp, f"units_{index}", space.units)))
+    chosen = str(_declare(hp, "architecture", space.architecture))
+    units: tuple[int, ...] = ()
+    for name in space.architecture.candidates():
+        branch = space.branch(name)
+        with hp.conditional_scope("architecture", [name]):
+            if name == "residual":
+                blocks = _declare(hp, "residual.blocks", branch["blocks"])
+                width = _declare(hp, "residual.width", branch["width"])
+                found = (int(width),) * int(blocks) if blocks is not None else ()
+            else:
+                found = _layers(hp, name, branch)
+        if name == chosen:
+            units = found
     return Architecture(
-        units=tuple(units),
+        kind=chosen,
+        units=units,
         dropout=float(_declare(hp, "dropout", space.dropout)),
         activation=str(_declare(hp, "activation", space.activation)),
         batch_norm=bool(_declare(hp, "batch_norm", space.batch_norm)),
         optimizer=str(_declare(hp, "optimizer", space.optimizer)),
         learning_rate=float(_declare(hp, "learning_rate", space.learning_rate)),
+        weight_decay=float(_declare(hp, "weight_decay", space.weight_decay)),
         loss=str(_declare(hp, "loss", space.loss)) if kind == REGRESSION else None,
     )
 

@@ -1,7 +1,9 @@
-"""The network: the transform's preprocessing layers (`components.model.preprocessing`), a searched
-stack of dense layers and the output head that fits the problem (`components.problem`), compiled
-with the searched optimizer. The model that is tuned, trained and exported encodes raw features
-itself.
+"""The network: the transform's preprocessing layers (`components.model.preprocessing`), the searched
+architecture (a plain MLP, a residual MLP or wide and deep, `components.model.space`) and the
+output head that fits the problem (`components.problem`), compiled with the searched optimizer,
+learning rate and weight decay. The model that is tuned, trained and exported encodes raw features
+itself. `head` and `compile_model` are also what a user's hypermodel module gets
+(`components.model.hypermodel`).
 
 Heads, by kind of problem:
 - multiclass: a softmax over the label vocabulary (`probabilities`), sparse cross-entropy, accuracy;
@@ -26,67 +28,105 @@ from components.transform import Transform
 OUTPUT_LAYERS = {"multiclass": PROBABILITIES, "binary": "probability", REGRESSION: "prediction"}
 
 
-def _optimizer(name: str, learning_rate: float):
+def optimizer(name: str, learning_rate: float, weight_decay: float = 0.0):
     import keras
 
+    decay = weight_decay or None
     if name == "sgd":
         # Plain SGD without momentum barely moves in a short trial; momentum makes it a fair contender.
-        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True, weight_decay=decay)
     factories = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "nadam": keras.optimizers.Nadam,
                  "rmsprop": keras.optimizers.RMSprop}
-    return factories[name](learning_rate)
+    if name == "adamw":
+        return keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay or 0.004)
+    return factories[name](learning_rate, weight_decay=decay)
 
 
-def _head(hidden, transform: Transform, shape: Architecture):
-    """The output tensor, the loss and the metrics for the transform's kind of problem."""
+def head(towers: list, transform: Transform, loss_kind: str | None = None):
+    """The output tensor, the loss and the metrics for the transform's kind of problem, over one
+    tower (a tensor) or several whose logits are summed (wide and deep)."""
     import keras
 
     from components.model.losses import StandardizedLoss
 
     kind = transform.kind
+    units = 1 if kind in (REGRESSION, "binary") else len(transform.label_vocabulary)
+    activation = {REGRESSION: None, "binary": "sigmoid", "multiclass": "softmax"}[kind]
+    name = "standardized" if kind == REGRESSION else OUTPUT_LAYERS[kind]
+    if len(towers) == 1:
+        output = keras.layers.Dense(units, activation=activation, name=name)(towers[0])
+    else:
+        logits = [keras.layers.Dense(units, name=f"{tower_name}_logits")(tower)
+                  for tower_name, tower in zip(("deep", "wide"), towers)]
+        output = keras.layers.Activation(activation or "linear", name=name)(keras.layers.Add(name="logits")(logits))
     if kind == REGRESSION:
-        standardized = keras.layers.Dense(1, name="standardized")(hidden)
         outputs = keras.layers.Rescaling(transform.label_std, offset=transform.label_mean,
-                                         name=OUTPUT_LAYERS[kind])(standardized)
-        loss = StandardizedLoss(transform.label_mean, transform.label_std, shape.loss or "mse")
+                                         name=OUTPUT_LAYERS[kind])(output)
+        loss = StandardizedLoss(transform.label_mean, transform.label_std, loss_kind or "mse")
         metrics = [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.MeanSquaredError(name="mse"),
                    keras.metrics.RootMeanSquaredError(name="rmse")]
         return outputs, loss, metrics
     if kind == "binary":
-        outputs = keras.layers.Dense(1, activation="sigmoid", name=OUTPUT_LAYERS[kind])(hidden)
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc"),
                    keras.metrics.AUC(curve="PR", name="pr_auc")]
-        return outputs, "binary_crossentropy", metrics
-    outputs = keras.layers.Dense(len(transform.label_vocabulary), activation="softmax",
-                                 name=OUTPUT_LAYERS[kind])(hidden)
-    return outputs, "sparse_categorical_crossentropy", ["accuracy"]
+        return output, "binary_crossentropy", metrics
+    return output, "sparse_categorical_crossentropy", ["accuracy"]
+
+
+def _dense(hidden, units: int, shape: Architecture, name: str):
+    """Dense, batch norm (if searched), activation, dropout (if any): one hidden layer."""
+    import keras
+
+    hidden = keras.layers.Dense(units, name=name)(hidden)
+    if shape.batch_norm:
+        hidden = keras.layers.BatchNormalization(name=f"{name}_batch_norm")(hidden)
+    hidden = keras.layers.Activation(shape.activation, name=f"{name}_{shape.activation}")(hidden)
+    if shape.dropout > 0:
+        hidden = keras.layers.Dropout(shape.dropout, name=f"{name}_dropout")(hidden)
+    return hidden
+
+
+def _towers(encoded, shape: Architecture) -> list:
+    """The searched architecture over the encoded features: the tensors the head reads."""
+    import keras
+
+    if shape.kind == "residual":
+        width = shape.units[0] if shape.units else 64
+        hidden = keras.layers.Dense(width, name="residual_in")(encoded)
+        for index, units in enumerate(shape.units):
+            inner = _dense(hidden, units, shape, f"residual_{index}_a")
+            inner = keras.layers.Dense(units, name=f"residual_{index}_b")(inner)
+            hidden = keras.layers.Activation(shape.activation, name=f"residual_{index}_out")(
+                keras.layers.Add(name=f"residual_{index}_add")([hidden, inner]))
+        return [hidden]
+    hidden = encoded
+    for index, units in enumerate(shape.units):
+        hidden = _dense(hidden, units, shape, f"dense_{index}")
+    # Wide and deep: the deep tower, and the encoded features themselves (a linear model) beside it.
+    return [hidden, encoded] if shape.kind == "wide_deep" else [hidden]
+
+
+def compile_model(model, hp_values: Architecture, loss, metrics):
+    # XLA compilation costs more than it saves on networks this small (measured: bench/tuning).
+    model.compile(optimizer=optimizer(hp_values.optimizer, hp_values.learning_rate, hp_values.weight_decay),
+                  loss=loss, metrics=metrics, jit_compile=False)
+    return model
 
 
 def build_model(hp, transform: Transform, space: SearchSpaceConfig = DEFAULT_SEARCH_SPACE):
-    """The compiled Keras model for the hyperparameters `hp`: preprocessing, dense layers, the head.
+    """The compiled Keras model for the hyperparameters `hp`: preprocessing, the architecture, the head.
 
-    Layer names are fixed (`dense_0`, `dense_1`, ..., the head's) so that weights can be matched
-    by name when warm-starting from an earlier model.
+    Layer names are fixed (`dense_0`, `residual_0_a`, ..., the head's) so that weights can be
+    matched by name when warm-starting from an earlier model.
     """
     import keras
 
     from components.model.preprocessing import build_preprocessing
 
     shape = architecture(hp, space, transform.kind)
-    inputs, hidden = build_preprocessing(transform)
-    for index, units in enumerate(shape.units):
-        hidden = keras.layers.Dense(units, name=f"dense_{index}")(hidden)
-        if shape.batch_norm:
-            hidden = keras.layers.BatchNormalization(name=f"batch_norm_{index}")(hidden)
-        hidden = keras.layers.Activation(shape.activation, name=f"{shape.activation}_{index}")(hidden)
-        if shape.dropout > 0:
-            hidden = keras.layers.Dropout(shape.dropout, name=f"dropout_{index}")(hidden)
-    outputs, loss, metrics = _head(hidden, transform, shape)
-    model = keras.Model(inputs, outputs, name="tunepipe")
-    # XLA compilation costs more than it saves on networks this small (measured: bench/tuning).
-    model.compile(optimizer=_optimizer(shape.optimizer, shape.learning_rate), loss=loss, metrics=metrics,
-                  jit_compile=False)
-    return model
+    inputs, encoded = build_preprocessing(transform)
+    outputs, loss, metrics = head(_towers(encoded, shape), transform, shape.loss)
+    return compile_model(keras.Model(inputs, outputs, name="tunepipe"), shape, loss, metrics)
 
 
 @contextlib.contextmanager

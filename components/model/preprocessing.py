@@ -34,27 +34,33 @@ class FillMissing(keras.layers.Layer):
 def build_preprocessing(transform: Transform):
     """Keras inputs (one per raw feature, shape (1,), named by its internal name) and the encoded,
     concatenated feature tensor."""
+    inputs, per_feature = encode(transform)
+    encoded = list(per_feature.values())
+    return inputs, encoded[0] if len(encoded) == 1 else keras.layers.Concatenate(name="features")(encoded)
+
+
+def encode(transform: Transform) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keras inputs by internal name, and each feature's encoded tensor by the column's own name."""
     inputs: dict[str, Any] = {}
-    encoded = []
+    encoded: dict[str, Any] = {}
     for feature in transform.features:
         key = feature.key
         if feature.kind == NUMERIC:
             raw = keras.Input(shape=(1,), name=key, dtype="float32")
             filled = FillMissing(feature.fill_value, name=f"{key}_fill")(raw)
-            encoded.append(keras.layers.Normalization(mean=feature.mean, variance=feature.variance,
-                                                      name=f"{key}_normalize")(filled))
+            encoded[feature.name] = keras.layers.Normalization(mean=feature.mean, variance=feature.variance,
+                                                               name=f"{key}_normalize")(filled)
         else:
             raw = keras.Input(shape=(1,), name=key, dtype="string")
             if feature.encoding == ONE_HOT:
-                encoded.append(keras.layers.StringLookup(vocabulary=list(feature.vocabulary),
-                                                         num_oov_indices=feature.num_oov_indices,
-                                                         output_mode="one_hot", name=f"{key}_lookup")(raw))
+                encoded[feature.name] = keras.layers.StringLookup(
+                    vocabulary=list(feature.vocabulary), num_oov_indices=feature.num_oov_indices,
+                    output_mode="one_hot", name=f"{key}_lookup")(raw)
             else:
                 index = keras.layers.StringLookup(vocabulary=list(feature.vocabulary),
                                                   num_oov_indices=feature.num_oov_indices, name=f"{key}_lookup")(raw)
                 vectors = keras.layers.Embedding(len(feature.vocabulary) + feature.num_oov_indices,
                                                  feature.embedding_dim, name=f"{key}_embed")(index)
-                encoded.append(keras.layers.Flatten(name=f"{key}_flat")(vectors))
+                encoded[feature.name] = keras.layers.Flatten(name=f"{key}_flat")(vectors)
         inputs[key] = raw
-    features = encoded[0] if len(encoded) == 1 else keras.layers.Concatenate(name="features")(encoded)
-    return inputs, features
+    return inputs, encoded

@@ -32,7 +32,7 @@ from typing import Any
 from components import artifacts, objectives
 from components import problem as problems
 from components.errors import DataError, TunepipeError
-from components.model import data, network
+from components.model import data, hypermodel, network
 from components.model.hyperparameters import (
     DEFAULT_SEARCH_SPACE,
     for_values,
@@ -40,6 +40,7 @@ from components.model.hyperparameters import (
     read_hyperparameters,
     write_hyperparameters,
 )
+from components.model.hypermodel import HypermodelSource
 from components.model.space import SearchSpaceConfig
 from components.serving import FEATURES_FILE, LABEL_VOCABULARY, RAW_SIGNATURE, SERVING_SIGNATURE
 from components.train.config import TrainingConfig
@@ -112,13 +113,15 @@ def _write_history(path: Path, history: dict[str, list[float]]) -> None:
 def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out: str | os.PathLike[str],
         config: TrainingConfig, hyperparameters: dict[str, Any] | str | os.PathLike[str] | None = None,
         warm_start: str | os.PathLike[str] | None = None, *, search_space: SearchSpaceConfig | None = None,
-        epoch_observer: EpochObserver | None = None) -> TrainResult:
+        epoch_observer: EpochObserver | None = None, hypermodel_source: HypermodelSource | None = None
+        ) -> TrainResult:
     """Train, evaluate on the eval split and export the `model` artifact at `out`.
 
     `hyperparameters` is a dict, a JSON file or a `tuning` artifact; values it leaves out (all of
     them when it is None: tuning off) are the defaults of `search_space`. `warm_start` is an earlier
     model (a model artifact, a SavedModel directory or a .keras file) whose weights are loaded when
-    the architecture matches. `epoch_observer` hears of every epoch's metrics.
+    the architecture matches. `epoch_observer` hears of every epoch's metrics. `hypermodel_source`
+    is the user's model module, whose declared defaults fill what the hyperparameters leave out.
     """
     out = Path(out)
     examples_manifest = artifacts.read_manifest(examples, artifacts.EXAMPLES)
@@ -130,7 +133,16 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
     import keras
 
     problems.check_metric(config.resolved_monitor, loaded.kind, "training.monitor")
-    hp = for_values(given, space, loaded.kind)
+    if hypermodel_source is not None:
+        import keras_tuner
+
+        hp = keras_tuner.HyperParameters()
+        hp.values.update(given or {})
+        keras_model = hypermodel.build_model(hp, loaded, hypermodel_source, space)
+        active = {found.name for found in hp.space if hp.is_active(found)}
+        hp.values = {name: value for name, value in hp.values.items() if name in active}
+    else:
+        hp = for_values(given, space, loaded.kind)
     values = model_values(hp.values)
     unused = sorted(set(given or {}) - set(values))
     if unused:
@@ -138,7 +150,8 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
     source = "the given hyperparameters" if given else "the default hyperparameters (no tuning result)"
     log.info("train: building the model from %s: %s", source, json.dumps(values, sort_keys=True))
     keras.utils.set_random_seed(config.seed)
-    keras_model = network.build_model(hp, loaded, space)
+    keras_model = (hypermodel.build_model(hp, loaded, hypermodel_source, space) if hypermodel_source
+                   else network.build_model(hp, loaded, space))
 
     warm_started, warm_start_note = False, None
     if warm_start is not None:

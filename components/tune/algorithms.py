@@ -48,6 +48,31 @@ def _bayesian_arguments(config: Any) -> dict[str, Any]:
     return {"max_trials": config.max_trials, "num_initial_points": initial}
 
 
+def grid_points(space: list[tuple[str, list[Any], list[tuple[str, list[Any]]]]], limit: int = 10**6) -> int:
+    """How many points a grid search over `space` has: each hyperparameter as (name, the values the
+    grid tries, its conditions as (parent, the parent's values it is active for)), in declaration
+    order, parents first. A conditional hyperparameter multiplies only the points where it is
+    active. Counting stops past `limit` (returned as limit + 1)."""
+    def count(index: int, assignment: dict[str, Any]) -> int:
+        if index == len(space):
+            return 1
+        name, values, conditions = space[index]
+        if all(assignment.get(parent) in allowed for parent, allowed in conditions):
+            total = 0
+            for value in values:
+                total += count(index + 1, {**assignment, name: value})
+                if total > limit:
+                    return limit + 1
+            return total
+        return count(index + 1, assignment)
+
+    return count(0, {})
+
+
+def _grid_arguments(config: Any) -> dict[str, Any]:
+    return {"max_trials": config.max_trials}
+
+
 ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
     Algorithm("hyperband", "Hyperband",
               lambda config: {"max_epochs": config.max_epochs, "factor": config.factor,
@@ -56,4 +81,6 @@ ALGORITHMS: dict[str, Algorithm] = {algorithm.name: algorithm for algorithm in (
     Algorithm("random", "RandomSearch", lambda config: {"max_trials": config.max_trials},
               lambda config: config.max_trials),
     Algorithm("bayesian", "BayesianOptimization", _bayesian_arguments, lambda config: config.max_trials),
+    # Every point of the grid, up to max_trials (the tune step counts the points and says so).
+    Algorithm("grid", "GridSearch", _grid_arguments, lambda config: config.max_trials),
 )}

@@ -45,6 +45,9 @@ class TunerConfig(Section):
     # search over the same search space is older than this many days; null: reuse whatever its age.
     retune_after_days: float | None = Field(7, gt=0)
     search_space: SearchSpaceConfig = SearchSpaceConfig()
+    # Your own model instead of the built-in one: `path/to/model.py:build` (relative to the config
+    # file; the function defaults to `build`), see components.model.hypermodel.
+    hypermodel: str | None = None
 
     @field_validator("objective")
     @classmethod
@@ -59,6 +62,21 @@ class TunerConfig(Section):
         if name not in ALGORITHMS:
             raise ValueError(f"unknown algorithm (allowed: {', '.join(ALGORITHMS)})")
         return name
+
+    @model_validator(mode="after")
+    def _a_grid_has_steps(self) -> TunerConfig:
+        if self.algorithm != "grid":
+            return self
+        space = self.search_space
+        specs = [(name, spec) for name, spec in space]
+        specs += [(f"architecture.branches.{value}.{knob}", knob_spec) for value in space.architecture.candidates()
+                  for knob, knob_spec in space.branch(value).items()]
+        if self.hypermodel is None:
+            for where, found in specs:
+                if found.type in ("int", "float") and found.step is None:
+                    raise ValueError(f"search_space.{where}: a grid search needs a step for the range "
+                                     f"{found.min:g}..{found.max:g} (multiplicative for log sampling)")
+        return self
 
     @model_validator(mode="after")
     def _direction_fits_objective(self) -> TunerConfig:

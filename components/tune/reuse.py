@@ -40,11 +40,12 @@ class PreviousSearch:
         return ((time.time() if now is None else now) - self.started) / 86400
 
 
-def search_space_digest(config: TunerConfig) -> str:
-    """What makes an earlier search's best hyperparameters valid for this one: the same search space,
-    ranked by the same objective."""
+def search_space_digest(config: TunerConfig, hypermodel_digest: str | None = None) -> str:
+    """What makes an earlier search's best hyperparameters valid for this one: the same search space
+    (and the same hypermodel module, if any), ranked by the same objective."""
     identity = {"search_space": config.search_space.model_dump(mode="json"), "objective": config.objective,
-                "direction": config.resolved_direction}
+                "direction": config.resolved_direction,
+                **({"hypermodel": hypermodel_digest} if hypermodel_digest else {})}
     return "space:" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -26,11 +26,14 @@ from typing import Any
 
 from components import artifacts, objectives
 from components.errors import TunepipeError
-from components.model import data, hyperparameters, network
+from components.model import data, hypermodel, network
+from components.model.hyperparameters import model_values
+from components.model.hypermodel import HypermodelSource
 from components.transform import Transform
 from components.tune import artifact, trials
-from components.tune.algorithms import ALGORITHMS
+from components.tune.algorithms import ALGORITHMS, grid_points
 from components.tune.config import TunerConfig
+from components.tune.report import conditions_of
 from components.tune.observer import COMPLETED, FAILED, INVALID, TrialObserver
 
 log = logging.getLogger("tunepipe.tune")
@@ -154,7 +157,39 @@ def _tuner_class(algorithm: str):
     return RecordingTuner
 
 
-def _hypermodel(transform: Transform, space, seed: int):
+def model_builder(transform: Transform, space, source: HypermodelSource | None):
+    """How a trial's model is built: the user's hypermodel module, or the built-in network."""
+    if source is not None:
+        return lambda hp: hypermodel.build_model(hp, transform, source, space)
+    return lambda hp: network.build_model(hp, transform, space)
+
+
+def declared_space(build) -> list:
+    """The hyperparameters `build` declares with its defaults, as Keras Tuner holds them."""
+    import keras_tuner
+
+    hp = keras_tuner.HyperParameters()
+    build(hp)
+    return hp.space
+
+
+def _grid(space: list, config: TunerConfig) -> int:
+    """The number of grid points, said before the search starts (and capped by max_trials)."""
+    points = grid_points([(found.name, list(found.values), [(condition.name, list(condition.values))
+                                                             for condition in found.conditions])
+                          for found in space])
+    shown = f"more than {points - 1:,}" if points > 10**6 else f"{points:,}"
+    if points > config.max_trials:
+        log.warning("tune: the grid has %s points; tuner.max_trials=%d caps the search at the first %d",
+                    shown, config.max_trials, config.max_trials)
+    else:
+        log.info("tune: grid search over %s points", shown)
+    print(f"tune: grid search over {shown} points" + (f", capped at tuner.max_trials={config.max_trials}"
+                                                       if points > config.max_trials else ""))
+    return min(points, config.max_trials)
+
+
+def _hypermodel(build, seed: int):
     import keras
     import keras_tuner
 
@@ -168,7 +203,7 @@ def _hypermodel(transform: Transform, space, seed: int):
         def build(self, hp):
             # The same initial weights for the same architecture: trials differ by their hyperparameters only.
             keras.utils.set_random_seed(seed)
-            return network.build_model(hp, transform, space)
+            return build(hp)
 
         def fit(self, hp, keras_model, *args, **kwargs):
             self.training_started = True
@@ -184,10 +219,12 @@ def _hypermodel(transform: Transform, space, seed: int):
     return TabularHyperModel()
 
 
-def _search_fingerprint(config: TunerConfig, examples_digest: str, transform_digest: str) -> str:
-    """Names the Keras Tuner project: a changed config or input starts a new search instead of resuming."""
-    identity = {"config": config.model_dump(mode="json", exclude={"enabled", "retune_after_days"}),
-                "examples": examples_digest, "transform": transform_digest}
+def _search_fingerprint(config: TunerConfig, examples_digest: str, transform_digest: str,
+                        hypermodel_digest: str | None = None) -> str:
+    """Names the Keras Tuner project: a changed config, input or hypermodel module starts a new
+    search instead of resuming."""
+    identity = {"config": config.model_dump(mode="json", exclude={"enabled", "retune_after_days", "hypermodel"}),
+                "examples": examples_digest, "transform": transform_digest, "hypermodel": hypermodel_digest}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -204,21 +241,23 @@ def search_id(project: Path) -> str:
 
 
 def project_dir(config: TunerConfig, examples: str | os.PathLike[str], transform: str | os.PathLike[str],
-                work_dir: str | os.PathLike[str]) -> Path:
+                work_dir: str | os.PathLike[str], hypermodel_digest: str | None = None) -> Path:
     """Where Keras Tuner keeps this search's state under `work_dir`."""
     examples_digest = artifacts.read_manifest(examples, artifacts.EXAMPLES)["digest"]
     transform_digest = artifacts.read_manifest(transform, artifacts.TRANSFORM)["digest"]
-    return Path(work_dir) / f"{config.algorithm}-{_search_fingerprint(config, examples_digest, transform_digest)}"
+    fingerprint = _search_fingerprint(config, examples_digest, transform_digest, hypermodel_digest)
+    return Path(work_dir) / f"{config.algorithm}-{fingerprint}"
 
 
 def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out: str | os.PathLike[str],
         config: TunerConfig, observer: TrialObserver | None = None, *, work_dir: str | os.PathLike[str] | None = None,
-        callbacks: list | None = None) -> artifact.TuneResult:
+        callbacks: list | None = None, hypermodel_source: HypermodelSource | None = None) -> artifact.TuneResult:
     """Search the hyperparameters and write the `tuning` artifact at `out`.
 
     `observer` hears of every trial (see `components.tune.observer`). `work_dir` holds Keras
     Tuner's state and must survive a kill for the search to resume (default: beside `out`).
-    `callbacks` are extra Keras callbacks for every trial. With `config.enabled` false, no search
+    `callbacks` are extra Keras callbacks for every trial. `hypermodel_source` is the user's model
+    module (default: read from `config.hypermodel`, if set). With `config.enabled` false, no search
     runs and the default hyperparameters are the result.
     """
     out = Path(out)
@@ -229,24 +268,35 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
     loaded = Transform.read(transform)
     config = config.for_problem(loaded.kind)
     space = config.search_space
+    source = hypermodel_source or (HypermodelSource.read(config.hypermodel) if config.hypermodel else None)
+    if source is not None:
+        hypermodel.check(source, loaded, space)  # before any trial: a broken module is one line now
+        inputs["hypermodel"], inputs["hypermodel_digest"] = f"{source.path}:{source.function}", source.digest
+    build = model_builder(loaded, space, source)
     if not config.enabled:
-        log.info("tune: tuning is off; the result is the search space's default hyperparameters")
-        defaults = hyperparameters.default_hyperparameters(space, loaded.kind)
-        return artifact.write(out, config, defaults, None, [], {}, None, inputs)
+        log.info("tune: tuning is off; the result is the model's default hyperparameters")
+        import keras_tuner
+
+        defaults = keras_tuner.HyperParameters()
+        build(defaults)
+        active = {found.name for found in defaults.space if defaults.is_active(found)}
+        values = {name: value for name, value in model_values(defaults.values).items() if name in active}
+        return artifact.write(out, config, values, None, [], {}, None, inputs)
 
     import keras
     import keras_tuner
 
     work_dir = Path(work_dir) if work_dir is not None else out.parent / f".{out.name}.tuner"
-    project = project_dir(config, examples, transform, work_dir)
+    project = project_dir(config, examples, transform, work_dir, source.digest if source else None)
     resuming = (project / "oracle.json").exists()
     direction = config.resolved_direction
     algorithm = ALGORITHMS[config.algorithm]
-    progress = _Progress(observer or TrialObserver(), config.objective, direction, algorithm.expected_trials(config))
+    expected = _grid(declared_space(build), config) if config.algorithm == "grid" else algorithm.expected_trials(config)
+    progress = _Progress(observer or TrialObserver(), config.objective, direction, expected)
     progress.observer.search_began(search_id(project))
     try:
         tuner = _tuner_class(config.algorithm)(
-            hypermodel=_hypermodel(loaded, space, config.seed),
+            hypermodel=_hypermodel(build, config.seed),
             objective=keras_tuner.Objective(config.objective, direction),
             seed=config.seed, max_consecutive_failed_trials=config.max_consecutive_failed_trials,
             directory=str(work_dir), project_name=project.name, overwrite=False, progress=progress,
@@ -301,7 +351,7 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
     result = artifact.write(out, config, best_trial.hyperparameters.values,
                             artifact.BestTrial(best_trial.trial_id, best_trial.score), finished,
                             tuner.oracle.hyperparameters.get_config(), tensorboard,
-                            {**inputs, "work_dir": str(project)})
+                            {**inputs, "work_dir": str(project)}, conditions_of(tuner.oracle.hyperparameters.space))
     log.info("tune: %d trials (%d completed) in %.0fs; best %s %.4f in trial %s: %s", len(finished), len(completed),
              time.monotonic() - started, config.objective, result.best_score, result.best_trial_id,
              json.dumps(result.best_hyperparameters, sort_keys=True))

@@ -35,6 +35,7 @@ class TrialRow:
     round: int | None = None
     continued_from: str | None = None
     error: str | None = None
+    max_epoch: int | None = None
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,8 @@ def _trial_row(run: Any) -> TrialRow:
         score=metrics.get("score"), epochs=_int(metrics.get("epochs")), duration_s=metrics.get("duration_s"),
         best_epoch=_int(metrics.get("best_epoch")), hyperparameters=hyperparameters,
         bracket=_int(_number(params.get("bracket"))), round=_int(_number(params.get("round"))),
-        continued_from=params.get("continued_from"), error=recorded.get(tags.ERROR))
+        continued_from=params.get("continued_from"), error=recorded.get(tags.ERROR),
+        max_epoch=_int(_number(params.get("max_epoch"))))
 
 
 def _best_first(rows: list[TrialRow], direction: str) -> list[TrialRow]:
@@ -138,3 +140,13 @@ def _best_first(rows: list[TrialRow], direction: str) -> list[TrialRow]:
         return (0 if scored else 1, sign * row.score if scored else 0.0, row.trial_id)
 
     return sorted(rows, key=key)
+
+
+def report(search: TrialSearch) -> str:
+    """The tuning report (`components.tune.report`) of a recorded search, as one HTML page."""
+    from components.tune.report import ReportSearch, ReportTrial, render
+
+    rows = [ReportTrial(row.trial_id, row.status, row.score, row.hyperparameters, row.epochs, row.bracket, row.round,
+                        row.max_epoch, row.duration_s, row.error) for row in search.rows]
+    title = f"Tuning report: tune run {search.tune_run_id} (pipeline run {search.pipeline_run_id})"
+    return render(ReportSearch(title, search.objective or "score", search.direction, rows))

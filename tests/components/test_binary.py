@@ -39,7 +39,8 @@ def cancer(tmp_path_factory):
     preprocess.run(root / "examples", root / "transform", cfg.preprocess, BeamConfig())
     model = train.run(root / "examples", root / "transform", root / "model",
                       TrainingConfig(epochs=30, monitor="val_auc"),
-                      {"num_layers": 1, "units_0": 8, "learning_rate": 0.01, "optimizer": "adam"})
+                      {"architecture": "mlp", "mlp.num_layers": 1,
+                   "mlp.units_0": 8, "learning_rate": 0.01, "optimizer": "adam"})
     return root, model
 
 

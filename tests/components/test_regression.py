@@ -24,7 +24,8 @@ from components.train.config import TrainingConfig
 from components.transform import Transform
 from tests.conftest import EMPTY_COLUMN, ODD_NAMES
 
-HYPERPARAMETERS = {"num_layers": 1, "units_0": 16, "dropout": 0.0, "learning_rate": 0.01, "optimizer": "adam"}
+HYPERPARAMETERS = {"architecture": "mlp", "mlp.num_layers": 1,
+                   "mlp.units_0": 16, "dropout": 0.0, "learning_rate": 0.01, "optimizer": "adam"}
 
 
 @pytest.fixture(scope="module")

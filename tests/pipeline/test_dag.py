@@ -205,3 +205,12 @@ def test_a_serving_dir_off_the_serving_volume_is_one_line_and_no_package(tmp_pat
     assert "serving_dir /srv/models is not under kubeflow.volumes.serving.mount_path /models" in result.output
     assert "Traceback" not in result.output
     assert not out.exists()
+
+
+def test_the_tuning_report_is_an_html_output_and_the_hypermodel_a_parameter_of_tune_and_train(tmp_path):
+    spec = compiled_spec(tmp_path)
+    tune = spec.components[all_tasks(spec)["tune"].component_ref.name]
+    assert tune.output_definitions.artifacts["report"].artifact_type.schema_title == "system.HTML"
+    for step in ("tune", "train"):
+        component = spec.components[all_tasks(spec)[step].component_ref.name]
+        assert "hypermodel_source" in component.input_definitions.parameters

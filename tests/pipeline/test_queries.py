@@ -551,6 +551,16 @@ def test_trials_command_lists_best_first(store):
     assert positions == sorted(positions)
 
 
+def test_trials_command_writes_the_tuning_report_of_a_recorded_search(store, tmp_path):
+    first, second, _ = store.runs
+    result = tunepipe("trials", second.run_id, "--format", "html", "-o", str(tmp_path / "report.html"))
+    assert result.exit_code == 0, result.output
+    assert f"wrote the tuning report of tune run {first.steps['tune']}" in result.stdout
+    page = (tmp_path / "report.html").read_text()
+    assert "4 trials (3 completed, 1 invalid); best val_accuracy 0.9700 in trial 0002" in page
+    assert 'id="plot-parallel"' in page and "the model could not be built" in page
+
+
 def test_lineage_command_writes_each_format(store, tmp_path):
     text = tunepipe("lineage", "penguins:1")
     assert text.exit_code == 0, text.output

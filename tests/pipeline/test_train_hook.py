@@ -25,12 +25,12 @@ def test_the_train_task_records_params_metrics_epochs_and_the_model_once(penguin
                       transform=TaskArtifact(str(penguin_inputs.transform)), tuning=TaskArtifact(tuning.path),
                       options=TRAINING.model_dump(mode="json"), tuner=TunerConfig().model_dump(mode="json",
                                                                                                exclude_none=True),
-                      warm_start="", code_version="test", model=model)
+                      warm_start="", hypermodel_source="", code_version="test", model=model)
 
     client = mlflow.MlflowClient()
     [run] = client.search_runs([step_tracking], f"tags.`{tags.STEP}` = 'train'")
     logged = run.data
-    assert logged.params["units_0"] == str(tuning.best_hyperparameters["units_0"])
+    assert logged.params["mlp.units_0"] == str(tuning.best_hyperparameters["mlp.units_0"])
     assert logged.params["training.epochs"] == str(TRAINING.epochs)
     assert "code_version" not in logged.params  # a cache key only
     epochs = int(logged.metrics["epochs_trained"])

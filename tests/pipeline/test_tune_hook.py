@@ -19,7 +19,8 @@ def run_tune_task(inputs, tmp_path: Path, name: str, tuner: dict, reuse: bool) -
     tuning = TaskArtifact(str(tmp_path / name))
     launcher.run_step("tune", examples=TaskArtifact(str(inputs.examples)),
                       transform=TaskArtifact(str(inputs.transform)), options=tuner, work_root=str(tmp_path / "work"),
-                      reuse_hyperparameters=reuse, code_version="test", tuning=tuning)
+                      reuse_hyperparameters=reuse, code_version="test", tuning=tuning, hypermodel_source="",
+                      report=TaskArtifact(str(tmp_path / f"{name}-report.html")))
     client = mlflow.MlflowClient()
     found = client.search_runs([os.environ["MLFLOW_EXPERIMENT_ID"]],
                                f"tags.`{tags.output('tuning', 'uri')}` = '{tuning.uri}'")
@@ -63,7 +64,8 @@ def test_a_changed_search_space_or_an_old_search_is_searched_again(penguin_input
     never = tiny_config(retune_after_days=None)
     assert reuse.reuse_decision(previous, never, now=previous.started + 400 * 86400) is None
 
-    wider = tiny_config(search_space={**TINY_SPACE, "units": {"type": "int", "min": 2, "max": 16}})
+    wider = tiny_config(search_space={**TINY_SPACE, "architecture": {"type": "fixed", "value": "mlp", "branches": {
+        "mlp": {"num_layers": 1, "units": {"type": "int", "min": 2, "max": 16}}}}})
     assert trial_tracking.last_search(step_tracking, wider.for_problem("multiclass")) is None
     options = wider.model_dump(mode="json", exclude_none=True)
     _, again = run_tune_task(penguin_inputs, tmp_path, "wider", options, reuse=True)

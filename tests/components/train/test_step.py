@@ -24,7 +24,8 @@ from components.tune import step as tune
 from components.tune.config import TunerConfig
 
 TRAINING = TrainingConfig(epochs=40, early_stopping_patience=5)
-HYPERPARAMETERS = {"num_layers": 1, "units_0": 16, "dropout": 0.0, "learning_rate": 0.02, "optimizer": "adam"}
+HYPERPARAMETERS = {"architecture": "mlp", "mlp.num_layers": 1,
+                   "mlp.units_0": 16, "dropout": 0.0, "learning_rate": 0.02, "optimizer": "adam"}
 
 
 @pytest.fixture(scope="module")
@@ -153,10 +154,10 @@ def test_warm_start_loads_weights_only_when_names_and_shapes_match(trained, peng
     for name, value in weights(previous).items():
         np.testing.assert_array_equal(weights(again)[name], value)
 
-    wider = network.build_model(model.for_values({**result.hyperparameters, "units_0": 17}), transform)
+    wider = network.build_model(model.for_values({**result.hyperparameters, "mlp.units_0": 17}), transform)
     loaded, note = warm_start_from(wider, result.path)
     assert not loaded and "shapes differ" in note and "dense_0/kernel" in note
-    deeper = network.build_model(model.for_values({**result.hyperparameters, "num_layers": 2, "units_1": 4}),
+    deeper = network.build_model(model.for_values({**result.hyperparameters, "mlp.num_layers": 2, "mlp.units_1": 4}),
                                transform)
     loaded, note = warm_start_from(deeper, result.path)
     assert not loaded and "architecture differs" in note
@@ -183,8 +184,9 @@ def test_without_hyperparameters_training_uses_the_defaults(penguin_inputs, tmp_
 
 
 def test_hyperparameters_file_round_trip(penguin_inputs, tmp_path):
-    values = {"num_layers": 2, "units_0": 12, "units_1": 5, "dropout": 0.2, "learning_rate": 0.003,
-              "optimizer": "rmsprop", "activation": "tanh", "batch_norm": True}
+    values = {"architecture": "mlp", "mlp.num_layers": 2, "mlp.units_0": 12, "mlp.units_1": 5, "dropout": 0.2,
+              "learning_rate": 0.003, "optimizer": "rmsprop", "activation": "tanh", "batch_norm": True,
+              "weight_decay": 0.0}
     path = tmp_path / "hyperparameters.json"
     model.write_hyperparameters(path, {**values, "tuner/epochs": 3, "tuner/bracket": 1})
     assert model.read_hyperparameters(path) == values
@@ -192,7 +194,7 @@ def test_hyperparameters_file_round_trip(penguin_inputs, tmp_path):
     built = network.build_model(model.for_values(model.read_hyperparameters(path)),
                               Transform.read(penguin_inputs.transform))
     assert [built.get_layer(f"dense_{i}").units for i in range(2)] == [12, 5]
-    assert built.get_layer("batch_norm_1") is not None and built.get_layer("dropout_0").rate == 0.2
+    assert built.get_layer("dense_1_batch_norm") is not None and built.get_layer("dense_0_dropout").rate == 0.2
     assert type(built.optimizer).__name__ == "RMSprop"
     assert float(built.optimizer.learning_rate.numpy()) == pytest.approx(0.003)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from components.errors import ConfigError
-from components.tune.algorithms import ALGORITHMS, hyperband_bracket_sizes
+from components.tune.algorithms import ALGORITHMS, grid_points, hyperband_bracket_sizes
 from components.tune.config import TunerConfig
 from pipeline import config
 
@@ -51,3 +51,29 @@ def test_the_counts_agree_with_keras_tuners_own_oracle():
         expected = [[oracle._get_size(bracket, round_number) for round_number in range(bracket + 1)]
                     for bracket in range(oracle._get_num_brackets())]
         assert hyperband_bracket_sizes(max_epochs, factor) == expected
+
+
+def test_grid_points_multiply_only_where_a_hyperparameter_is_active():
+    space = [("architecture", ["mlp", "residual"], []),
+             ("mlp.num_layers", [1, 2], [("architecture", ["mlp"])]),
+             ("mlp.units_0", [8, 16, 32], [("architecture", ["mlp"]), ("mlp.num_layers", [1, 2])]),
+             ("mlp.units_1", [8, 16, 32], [("architecture", ["mlp"]), ("mlp.num_layers", [2])]),
+             ("residual.blocks", [1, 2, 3], [("architecture", ["residual"])]),
+             ("learning_rate", [0.01, 0.1], [])]
+    # mlp: 3 (one layer) + 9 (two layers) = 12; residual: 3; times 2 learning rates.
+    assert grid_points(space) == (12 + 3) * 2
+    assert grid_points([("a", list(range(1000)), []), ("b", list(range(1000)), []), ("c", [1, 2], [])],
+                       limit=10**5) == 10**5 + 1
+
+
+def test_a_grid_needs_steps_and_says_which_range_lacks_one():
+    with pytest.raises(ConfigError) as raised:
+        config.from_dict({"data": {"source": "x.csv", "label": "y"}, "tuner": {"algorithm": "grid"}})
+    assert "search_space.learning_rate: a grid search needs a step for the range 0.0001..0.1" in str(raised.value)
+    space = {"architecture": {"type": "fixed", "value": "mlp", "branches": {"mlp": {
+        "num_layers": {"type": "int", "min": 1, "max": 2, "step": 1},
+        "units": {"type": "int", "min": 8, "max": 32, "step": 2, "sampling": "log"}}}},
+        "learning_rate": [0.01, 0.1], "dropout": 0.0}
+    grid = config.from_dict({"data": {"source": "x.csv", "label": "y"},
+                             "tuner": {"algorithm": "grid", "search_space": space}}).tuner
+    assert grid.search_space.branch("mlp")["units"].grid_values("units") == [8, 16, 32]

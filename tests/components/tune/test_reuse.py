@@ -5,7 +5,7 @@ from components.tune.config import TunerConfig
 from components.tune.reuse import PreviousSearch, reuse_decision, search_space_digest
 
 DAY = 86400.0
-PREVIOUS = PreviousSearch("run-1", "pipeline-1", started=1_000_000.0, best_hyperparameters={"units_0": 8},
+PREVIOUS = PreviousSearch("run-1", "pipeline-1", started=1_000_000.0, best_hyperparameters={"mlp.units_0": 8},
                           best_trial_id="0003", best_score=0.97, tuning_uri="/t", tuning_digest="sha256:t")
 
 
@@ -28,5 +28,7 @@ def test_the_search_space_digest_changes_with_the_space_and_the_objective_only()
     base = search_space_digest(TunerConfig())
     assert search_space_digest(TunerConfig(max_epochs=20, seed=7)) == base
     assert search_space_digest(TunerConfig(objective="val_loss")) != base
-    wider = TunerConfig.model_validate({"search_space": {"units": {"type": "int", "min": 8, "max": 512}}})
+    wider = TunerConfig.model_validate({"search_space": {"architecture": {"type": "choice", "values": ["mlp"],
+                                                                          "branches": {"mlp": {"units": {
+                                                                              "type": "int", "min": 8, "max": 512}}}}}})
     assert search_space_digest(wider) != base

@@ -133,22 +133,22 @@ def test_hyperparameters_that_cannot_build_a_model_make_an_invalid_trial(penguin
     def build_or_refuse(hp, transform, space=model.DEFAULT_SEARCH_SPACE):
         # A model module that cannot build some configurations, e.g. a layer size its hardware refuses.
         built = build_model(hp, transform, space)
-        if hp.get("units_0") % 2:
-            raise ValueError(f"cannot build {hp.get('units_0')} units")
+        if hp.get("mlp.units_0") > 5:
+            raise ValueError(f"cannot build {hp.get('mlp.units_0')} units")
         return built
 
     monkeypatch.setattr(network, "build_model", build_or_refuse)
-    tuner_config = tiny_config(algorithm="random", max_trials=4, max_consecutive_failed_trials=4)
+    tuner_config = tiny_config(algorithm="random", max_trials=6, max_consecutive_failed_trials=6)
     heard = Heard()
     result = tune.run(penguin_inputs.examples, penguin_inputs.transform, tmp_path / "tuning", tuner_config, heard,
                       work_dir=tmp_path / "work")
 
-    invalid = [trial for trial in result.trials if trial.hyperparameters["units_0"] % 2]
+    invalid = [trial for trial in result.trials if trial.hyperparameters["mlp.units_0"] > 5]
     assert invalid and len(invalid) < len(result.trials)
     for trial in result.trials:
         if trial in invalid:
             assert trial.status == "invalid" and trial.epochs == 0
-            assert trial.error == f"ValueError: cannot build {trial.hyperparameters['units_0']} units"
+            assert trial.error == f"ValueError: cannot build {trial.hyperparameters['mlp.units_0']} units"
             assert heard.ended[trial.trial_id].status == "invalid"
         else:
             assert trial.status == "completed" and trial.epochs > 0
@@ -167,10 +167,11 @@ def test_a_search_whose_trials_all_fail_ends_in_one_line(penguin_inputs, tmp_pat
 
 
 def test_tuning_off_gives_the_search_space_defaults(penguin_inputs, tmp_path):
-    tuner_config = TunerConfig.model_validate({"enabled": False, "search_space": {"units": {
-        "type": "int", "min": 4, "max": 64, "default": 16}, "num_layers": 1}})
+    tuner_config = TunerConfig.model_validate({"enabled": False, "search_space": {"architecture": {
+        "type": "fixed", "value": "mlp", "branches": {"mlp": {"units": {"type": "int", "min": 4, "max": 64,
+                                                                        "default": 16}, "num_layers": 1}}}}})
     result = tune.run(penguin_inputs.examples, penguin_inputs.transform, tmp_path / "tuning", tuner_config)
-    assert result.best_hyperparameters["units_0"] == 16 and result.best_hyperparameters["num_layers"] == 1
+    assert result.best_hyperparameters["mlp.units_0"] == 16 and result.best_hyperparameters["mlp.num_layers"] == 1
     best = model.read_hyperparameters(tmp_path / "tuning" / artifact.BEST_HYPERPARAMETERS)
     assert best == result.best_hyperparameters
     assert result.trials == () and trials.read_table(tmp_path / "tuning" / trials.TRIALS_TABLE) == []
@@ -180,8 +181,15 @@ SEARCH_SPACE_YAML = """
 data: {source: penguins.csv, label: species}
 tuner:
   search_space:
-    num_layers: {type: int, min: 1, max: 4, step: 1}
-    units: {type: int, min: 16, max: 256, sampling: log, default: 32}
+    architecture:
+      type: choice
+      values: [mlp, residual]
+      branches:
+        mlp:
+          num_layers: {type: int, min: 1, max: 4, step: 1}
+          units: {type: int, min: 16, max: 256, sampling: log, default: 32}
+        residual:
+          blocks: 3
     dropout: {type: float, min: 0.0, max: 0.5, step: 0.25}
     learning_rate: {type: float, min: 0.0001, max: 0.1, sampling: log}
     optimizer: [adam, sgd]
@@ -198,9 +206,14 @@ def test_a_yaml_search_space_declares_the_keras_tuner_hyperparameters(tmp_path):
     space = config.load(path).tuner.search_space
     hp = model.for_values(None, space)
     declared = {item.name: item for item in hp.space}
-    assert isinstance(declared["units_0"], keras_tuner.engine.hyperparameters.Int)
-    units = declared["units_0"]
+    assert isinstance(declared["mlp.units_0"], keras_tuner.engine.hyperparameters.Int)
+    units = declared["mlp.units_0"]
     assert (units.min_value, units.max_value, units.sampling) == (16, 256, "log")
+    # Conditional: the MLP's units exist only for the MLP (and enough layers), the blocks for residual.
+    assert [condition.name for condition in units.conditions] == ["architecture", "mlp.num_layers"]
+    assert list(declared["residual.blocks"].conditions[0].values) == ["residual"]
+    assert isinstance(declared["residual.blocks"], keras_tuner.engine.hyperparameters.Fixed)
+    assert list(declared["architecture"].values) == ["mlp", "residual"]
     assert isinstance(declared["learning_rate"], keras_tuner.engine.hyperparameters.Float)
     assert declared["learning_rate"].sampling == "log"
     assert declared["dropout"].step == 0.25
@@ -209,15 +222,21 @@ def test_a_yaml_search_space_declares_the_keras_tuner_hyperparameters(tmp_path):
     assert isinstance(declared["batch_norm"], keras_tuner.engine.hyperparameters.Boolean)
     assert isinstance(declared["activation"], keras_tuner.engine.hyperparameters.Fixed)
     assert model.default_hyperparameters(space) == {
-        "num_layers": 1, "units_0": 32, "dropout": 0.0, "activation": "gelu", "batch_norm": True,
-        "optimizer": "adam", "learning_rate": 0.0001}
+        "architecture": "mlp", "mlp.num_layers": 1, "mlp.units_0": 32, "dropout": 0.0, "activation": "gelu",
+        "batch_norm": True, "optimizer": "adam", "learning_rate": 0.0001, "weight_decay": 0.0}
 
 
 @pytest.mark.parametrize("search_space, message", [
     ({"optimizer": "adagrad"}, "tuner.search_space.optimizer: values of optimizer must be a choice or fixed value "
                                "from: adam, adamw, nadam, rmsprop, sgd"),
-    ({"units": {"type": "int", "min": 1, "max": 8, "values": [1, 2]}}, "tuner.search_space.units: type int does "
-                                                                          "not take values"),
+    ({"dropout": {"type": "float", "min": 0, "max": 0.5, "values": [1, 2]}},
+     "tuner.search_space.dropout: type float does not take values"),
+    ({"architecture": {"type": "choice", "values": ["mlp", "transformer"]}},
+     "values of architecture must be a choice or fixed value from: mlp, residual, wide_deep"),
+    ({"architecture": {"type": "fixed", "value": "mlp", "branches": {"mlp": {"blocks": 2}}}},
+     "the mlp branch does not take blocks (it takes: num_layers, units)"),
+    ({"architecture": {"type": "fixed", "value": "mlp", "branches": {"residual": {"blocks": 2}}}},
+     "branches name values the hyperparameter cannot take: residual"),
     ({"learning_rate": {"type": "float", "min": 0, "max": 1, "sampling": "log"}},
      "tuner.search_space.learning_rate: log sampling needs min > 0"),
     ({"layers": 2}, "tuner.search_space.layers: unknown key"),
@@ -226,3 +245,13 @@ def test_a_bad_search_space_is_a_config_error_naming_the_key(search_space, messa
     with pytest.raises(ConfigError) as raised:
         config.from_dict({"data": {"source": "x.csv", "label": "y"}, "tuner": {"search_space": search_space}})
     assert message in str(raised.value)
+
+
+def test_a_grid_search_counts_its_points_first_and_max_trials_caps_it(penguin_inputs, tmp_path, capsys):
+    space = {**TINY_SPACE, "architecture": {"type": "fixed", "value": "mlp", "branches": {"mlp": {
+        "num_layers": 1, "units": [4, 8]}}}, "learning_rate": [0.01, 0.05]}
+    result = tune.run(penguin_inputs.examples, penguin_inputs.transform, tmp_path / "tuning",
+                      tiny_config(algorithm="grid", max_trials=3, search_space=space), work_dir=tmp_path / "work")
+    assert "tune: grid search over 4 points, capped at tuner.max_trials=3" in capsys.readouterr().out
+    tried = {(trial.hyperparameters["mlp.units_0"], trial.hyperparameters["learning_rate"]) for trial in result.trials}
+    assert len(result.trials) == len(tried) == 3 and tried <= {(4, 0.01), (4, 0.05), (8, 0.01), (8, 0.05)}
