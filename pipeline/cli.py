@@ -127,7 +127,7 @@ def compile_pipeline(config_file, data, label, output_root, runner, image, outpu
     pipeline_function = dag.create_pipeline(cfg, image=image or dag.DEFAULT_IMAGE,
                                              code_version=version.code_version())
     compiler.Compiler().compile(pipeline_function, package_path=output)
-    click.echo(f"compiled pipeline {cfg.name!r} ({len(steps.NAMES)} steps) to {output}")
+    click.echo(f"compiled pipeline {cfg.name!r} ({len(steps.active(cfg.tuner.workers))} steps) to {output}")
 
 
 def _register_commands() -> None:

@@ -16,7 +16,7 @@ result: the config section the step reads, the Beam options, a fingerprint of th
 """
 
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, List, NamedTuple  # kfp reads List[Artifact], not list[...]
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
@@ -65,6 +65,27 @@ def tune(examples: Input[Dataset], transform: Input[Artifact], options: dict, hy
     arguments = dict(locals())
     from pipeline import launcher
     launcher.run_step("tune", **arguments)
+
+
+def tune_worker(examples: Input[Dataset], transform: Input[Artifact], options: dict, hypermodel_source: str,
+                work_root: str, reuse_hyperparameters: bool, worker: int, workers: int, code_version: str,
+                tuning: Output[Artifact]):
+    """Worker `worker` (0-based) of the `workers` of a parallel search (`tuner.parallel_trials`): its
+    share of the trials (components.tune.workers), in its own Keras Tuner state under `work_root`,
+    each trial a nested MLflow run tagged with the worker."""
+    arguments = dict(locals())
+    from pipeline import launcher
+    launcher.run_step("tune-worker", **arguments)
+
+
+def tune_merge(examples: Input[Dataset], transform: Input[Artifact], worker_tunings: Input[List[Artifact]],
+               options: dict, hypermodel_source: str, workers: int, code_version: str,
+               tuning: Output[Artifact], report: Output[HTML]):
+    """The workers' results as one search: every trial, the best over all of them, one report. It
+    is the tune step on the record: the workers' trial runs move under its run."""
+    arguments = dict(locals())
+    from pipeline import launcher
+    launcher.run_step("tune-merge", **arguments)
 
 
 def train(examples: Input[Dataset], transform: Input[Artifact], tuning: Input[Artifact], options: dict,
@@ -170,7 +191,7 @@ def _configure(task, step: steps.Step, config: PipelineConfig) -> None:
     if resources is not None:
         for setting, value in resources.model_dump(exclude_none=True).items():
             getattr(task, f"set_{setting}")(value)
-    retries = config.kubeflow.retries.get(step.name, config.kubeflow.retries.get("default", 0))
+    retries = config.kubeflow.retries_of(step.name)
     if retries:
         task.set_retry(num_retries=retries, backoff_duration=config.kubeflow.retry_backoff)
     if config.tracking_uri:
@@ -195,8 +216,11 @@ def _mount_volumes(task, step: steps.Step, config: PipelineConfig) -> None:
 
 def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_version: str = ""):
     """The kfp pipeline for `config`; its parameters default to the config's values."""
+    # tuner.parallel_trials > 1: N tune workers in a ParallelFor and their merge instead of one tune task.
+    workers = config.tuner.workers
+    active = steps.active(workers)
     ops = {step.name: dsl.component(component_function(step), base_image=image, install_kfp_package=False)
-           for step in steps.STEPS}
+           for step in active}
     defaults = pipeline_arguments(config, code_version)
 
     @dsl.pipeline(name=config.name, description=f"tunepipe: {config.data.label} from {config.data.source}")
@@ -227,10 +251,19 @@ def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_ver
         tasks["preprocess"] = ops["preprocess"](examples=examples, options=preprocess, beam=beam,
                                                 code_version=code_version)
         transform = tasks["preprocess"].outputs["transform"]
-        tasks["tune"] = ops["tune"](examples=examples, transform=transform, options=tuner,
-                                    hypermodel_source=hypermodel_source, work_root=work_root,
-                                    reuse_hyperparameters=reuse_hyperparameters, code_version=code_version)
-        tuning = tasks["tune"].outputs["tuning"]
+        search = dict(examples=examples, transform=transform, options=tuner, hypermodel_source=hypermodel_source,
+                      code_version=code_version)
+        if workers == 1:
+            tasks["tune"] = ops["tune"](**search, work_root=work_root, reuse_hyperparameters=reuse_hyperparameters)
+            tuning = tasks["tune"].outputs["tuning"]
+        else:
+            with dsl.ParallelFor(items=list(range(workers)), parallelism=workers, name="tune-workers") as worker:
+                tasks["tune-worker"] = ops["tune-worker"](**search, work_root=work_root, worker=worker,
+                                                          workers=workers,
+                                                          reuse_hyperparameters=reuse_hyperparameters)
+            tasks["tune-merge"] = ops["tune-merge"](**search, workers=workers, worker_tunings=dsl.Collected(
+                tasks["tune-worker"].outputs["tuning"]))
+            tuning = tasks["tune-merge"].outputs["tuning"]
         tasks["resolve-baseline"] = ops["resolve-baseline"](serving_dir=serving_dir, model_name=model_name,
                                                             warm_start=warm_start)
         tasks["train"] = ops["train"](examples=examples, transform=transform, tuning=tuning, options=training,
@@ -246,7 +279,7 @@ def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_ver
         with dsl.If(tasks["evaluate"].outputs["Output"] == True, name="blessed-or-forced"):  # noqa: E712 (kfp)
             tasks["push"] = ops["push"](model=model, evaluation=evaluation_result, serving_dir=serving_dir,
                                         model_name=model_name, force_push=force_push)
-        for step in steps.STEPS:
+        for step in active:
             _configure(tasks[step.name], step, config)
         return PipelineOutputs(examples=examples, transform=transform, tuning=tuning, model=model,
                                evaluation=evaluation_result)

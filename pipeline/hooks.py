@@ -17,6 +17,7 @@ from collections import namedtuple
 from typing import Any
 
 from components import artifacts
+from components.errors import ConfigError
 from pipeline import tags
 from pipeline.launcher import Outcome, StepContext, log_kfp_metrics
 
@@ -94,62 +95,136 @@ def _work_dir(root: str, step: str, *keys: Any) -> str:
     return os.path.join(root, step, digest)
 
 
-def tune(context: StepContext) -> Outcome:
-    """Keras Tuner over the transform's features, every trial a nested MLflow run; or, with
-    `reuse_hyperparameters`, the best hyperparameters of the last search over the same space
-    unless it is older than `tuner.retune_after_days`."""
-    from components.transform import Transform
+def _reuse_decision(context: StepContext, config, source):
+    """With `reuse_hyperparameters` (retraining): the earlier search to reuse, or why the step
+    searches anyway. (None, None) when reuse is not asked for."""
     from components.tune import reuse
-    from components.tune.report import REPORT
+    from pipeline import trial_tracking
+
+    if not context.parameters["reuse_hyperparameters"]:
+        return None, None
+    record = context.record
+    if record.experiment_id is None:
+        return None, "no tracking store to find an earlier search in"
+    previous = trial_tracking.last_search(record.experiment_id, config, source.digest if source else None)
+    return previous, reuse.reuse_decision(previous, config)
+
+
+def _search(context: StepContext, worker: int = 0, workers: int = 1) -> Outcome:
+    """The tune step, or worker `worker` of a search run by `workers` at once: Keras Tuner over the
+    transform's features, every trial a nested MLflow run; or, with `reuse_hyperparameters`, the
+    best hyperparameters of the last search over the same space unless it is older than
+    `tuner.retune_after_days`."""
+    from components.tune import reuse
     from pipeline import trial_tracking
 
     record = context.record
     examples, transform, out = (context.path(name) for name in (artifacts.EXAMPLES, artifacts.TRANSFORM,
                                                                  artifacts.TUNING))
-    config = context.config["tuner"].for_problem(Transform.read(transform).kind)
-    source = _hypermodel(context)
+    config, source = _tuner_config(context), _hypermodel(context)
     inputs = {name: (context.artifacts[name].uri, artifacts.read_manifest(context.path(name), name)["digest"])
               for name in (artifacts.EXAMPLES, artifacts.TRANSFORM)}
-    work_dir = _work_dir(context.parameters["work_root"], "tune", inputs, context.parameters["options"])
+    shard = [worker, workers] if workers > 1 else []
+    work_dir = _work_dir(context.parameters["work_root"], "tune", inputs, context.parameters["options"], *shard)
     record.params({"work_dir": work_dir})
-    previous = why = None
-    reusing = context.parameters["reuse_hyperparameters"]
-    if reusing:
-        if record.experiment_id is not None:
-            previous = trial_tracking.last_search(record.experiment_id, config,
-                                                  source.digest if source else None)
-            why = reuse.reuse_decision(previous, config)
-        else:
-            why = "no tracking store to find an earlier search in"
-        print(f"tune: searching: {why}" if why else
-              f"tune: reusing the best hyperparameters of search run {previous.run_id}")
-    reused = reusing and why is None
+    previous, why = _reuse_decision(context, config, source)
+    reused = context.parameters["reuse_hyperparameters"] and why is None
+    if context.parameters["reuse_hyperparameters"]:
+        label = f"tune: worker {worker} of {workers}" if shard else "tune"
+        print(f"{label}: searching: {why}" if why else
+              f"{label}: reusing the best hyperparameters of search run {previous.run_id}")
     if reused:
-        result = reuse.reuse(previous, examples, transform, out, config)
+        result = reuse.reuse(previous, examples, transform, out, config,
+                             {"worker": worker, "workers": workers} if shard else None)
         record.inputs({artifacts.TUNING: (previous.tuning_uri, previous.tuning_digest)})
-        how = tags.REUSED
     else:
-        observer = trial_tracking.MlflowTrials(record.run_id, config.objective) if record.enabled else None
+        observer = (trial_tracking.MlflowTrials(record.run_id, config.objective, worker if shard else None)
+                    if record.enabled else None)
         result = context.component(examples, transform, out, config, observer, work_dir=work_dir,
-                                   hypermodel_source=source)
-        how = tags.SEARCHED if config.enabled else tags.OFF
-    space_digest = reuse.search_space_digest(config, source.digest if source else None)
-    recorded = {tags.TUNING: how, tags.SEARCH_SPACE: space_digest,
-                tags.OBJECTIVE: config.objective,
+                                   hypermodel_source=source, worker=worker, workers=workers)
+    return _tune_outcome(context, config, source, result, previous.run_id if reused else None, why,
+                         {tags.WORKER: str(worker)} if shard else {})
+
+
+def _tuner_config(context: StepContext):
+    from components.transform import Transform
+
+    return context.config["tuner"].for_problem(Transform.read(context.path(artifacts.TRANSFORM)).kind)
+
+
+def _tune_outcome(context: StepContext, config, source, result, reused_from: str | None, why: str | None = None,
+                  recorded: dict[str, str] | None = None, metrics: dict[str, float] | None = None) -> Outcome:
+    """What a tune step (or worker, or merge) records of its result: how it got its hyperparameters
+    (searched, reused, tuning off), over which search space, and the best of them."""
+    from components.tune import reuse
+    from components.tune.report import REPORT
+
+    how = tags.REUSED if reused_from else tags.SEARCHED if config.enabled else tags.OFF
+    recorded = {**(recorded or {}), tags.TUNING: how, tags.OBJECTIVE: config.objective,
+                tags.SEARCH_SPACE: reuse.search_space_digest(config, source.digest if source else None),
                 tags.BEST_HYPERPARAMETERS: json.dumps(result.best_hyperparameters, sort_keys=True)}
-    if reused:
-        recorded[tags.REUSED_FROM] = previous.run_id
+    if reused_from:
+        recorded[tags.REUSED_FROM] = reused_from
     elif why:
         recorded[tags.TUNING_WHY] = why
     if result.best_trial_id:
         recorded[tags.BEST_TRIAL] = result.best_trial_id
-    _show(context, os.path.join(out, REPORT))
-    metrics = {"best_score": result.best_score} if result.best_score is not None else {}
-    if not reused:
-        metrics["trials"] = len(result.trials)
+    if "report" in context.artifacts:
+        _show(context, os.path.join(result.path, REPORT))
+    recorded_metrics = {} if result.best_score is None else {"best_score": result.best_score}
+    if not reused_from:  # a reused search ran no trials
+        recorded_metrics.update(trials=len(result.trials), **(metrics or {}))
     facts = {"best_trial_id": result.best_trial_id or "", "objective": result.objective, "tuning": how,
-             **({"reused_from": previous.run_id} if reused else {})}
-    return Outcome(digests={artifacts.TUNING: result.digest}, metrics=metrics, facts=facts, tags=recorded)
+             **({"reused_from": reused_from} if reused_from else {})}
+    return Outcome(digests={artifacts.TUNING: result.digest}, metrics=recorded_metrics, facts=facts, tags=recorded)
+
+
+def tune(context: StepContext) -> Outcome:
+    """The whole search in one task (`tuner.parallel_trials` 1)."""
+    return _search(context)
+
+
+def tune_worker(context: StepContext) -> Outcome:
+    """One worker of a parallel search: its share of the trials (`components.tune.workers.shard`).
+    What stops it is said of it by name, the worker KFP retries or the run fails with."""
+    from components.errors import TunepipeError
+
+    from components.tune.workers import share_cores
+    from pipeline.launcher import SHARED_CORES_ENV
+
+    worker, workers = context.parameters["worker"], context.parameters["workers"]
+    if os.environ.get(SHARED_CORES_ENV):
+        cores = int(os.environ[SHARED_CORES_ENV])
+        threads = share_cores(cores, workers)
+        print(f"tune: worker {worker} of {workers} shares this machine's {cores} cores: {threads} thread(s) each")
+    try:
+        return _search(context, worker, workers)
+    except TunepipeError as error:
+        raise type(error)(f"worker {worker} of {workers}: {error}") from None
+
+
+def tune_merge(context: StepContext) -> Outcome:
+    """The workers' trials as one search: the best over all of them, one tuning artifact, one
+    report. On the record it is the tune step, and every worker's trial run moves under its run."""
+    from pipeline import steps, trial_tracking
+
+    record = context.record
+    config, workers = _tuner_config(context), context.parameters["workers"]
+    if config.workers != workers:
+        raise ConfigError(f"tuner.parallel_trials is {config.parallel_trials} but the pipeline was compiled with "
+                          f"{workers} tune workers: compile it again with the config it runs")
+    parts = [part.path for part in context.artifacts[steps.WORKER_TUNINGS]]
+    out = context.path(artifacts.TUNING)
+    result = context.component(parts, out, config, workers)
+    manifest = artifacts.read_manifest(out, artifacts.TUNING)
+    reused = manifest.get("reused_from") or {}
+    if reused:
+        record.inputs({artifacts.TUNING: (reused["tuning"], reused["tuning_digest"])})
+    elif record.enabled:
+        moved = trial_tracking.adopt(record.experiment_id, manifest["worker_searches"], record.run_id)
+        print(f"tune-merge: {moved} trial runs of {workers} workers moved under tune run {record.run_id}")
+    return _tune_outcome(context, config, _hypermodel(context), result, reused.get("tune_run_id"),
+                         metrics={"workers": workers})
 
 
 def train(context: StepContext) -> Outcome:

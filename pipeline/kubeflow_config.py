@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import Field, field_validator, model_validator
 
 from components.section import Section
+from pipeline.steps import BY_NAME
 from pipeline.steps import NAMES as STEPS
 
 if TYPE_CHECKING:
@@ -25,6 +26,17 @@ class StepResources(Section):
     cpu_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?m?$")
     memory_request: str | None = Field(None, pattern=r"^\d+(\.\d+)?([KMGTPE]i?)?$")
     memory_limit: str | None = Field(None, pattern=r"^\d+(\.\d+)?([KMGTPE]i?)?$")
+    # A GPU (or other accelerator) for the pod: how many, and the Kubernetes resource name KFP asks
+    # for (`nvidia.com/gpu` unless said).
+    accelerator_limit: int | None = Field(None, ge=1)
+    accelerator_type: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _a_gpu_by_default(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and raw.get("accelerator_limit") is not None and raw.get("accelerator_type") is None:
+            return {**raw, "accelerator_type": "nvidia.com/gpu"}
+        return raw
 
 
 class VolumeMount(Section):
@@ -105,7 +117,10 @@ class KubeflowConfig(Section):
         return value
 
     def resources_of(self, step: str) -> StepResources | None:
-        return self.resources.get(step) or self.resources.get("default")
+        return next((self.resources[name] for name in (*_settings_of(step), "default") if name in self.resources), None)
+
+    def retries_of(self, step: str) -> int:
+        return next((self.retries[name] for name in (*_settings_of(step), "default") if name in self.retries), 0)
 
     def paths_off_the_volumes(self, config: PipelineConfig) -> list[str]:
         """Why the serving directory or tune's work_root would miss the volume meant for it, as the
@@ -129,3 +144,10 @@ class KubeflowConfig(Section):
                                 f"so a retried search could not resume; set output_root to {work.mount_path} "
                                 f"or a folder in it")
         return problems
+
+
+def _settings_of(step: str) -> tuple[str, ...]:
+    """The names a step's resources and retries are looked up under: its own, then the step it is a
+    part of (a tune worker runs as the tune step would: `kubeflow.resources.tune` is every worker's)."""
+    found = BY_NAME.get(step)
+    return (step, found.part_of) if found is not None and found.part_of else (step,)

@@ -29,6 +29,9 @@ from pipeline import steps
 from pipeline.tracking import StepRecorder
 
 ERROR_FILE_ENV = "TUNEPIPE_ERROR_FILE"
+# Set by `tunepipe run` (kfp.local): the cores the run's tasks share, as they run on this machine
+# together (on Kubeflow every task is a pod of its own and this is unset).
+SHARED_CORES_ENV = "TUNEPIPE_SHARED_CORES"
 # Arguments that only key kfp's cache (they change when the data or the code do), or that are
 # recorded otherwise (a hypermodel module's text: as a file and a digest): not recorded as params.
 CACHE_KEYS = ("code_version", "data_fingerprint", "hypermodel_source")
@@ -94,7 +97,25 @@ def artifact_digest(path: str) -> str:
 
 
 def _is_artifact(value: Any) -> bool:
+    """A KFP artifact, or a list of them (the collected outputs of a ParallelFor's iterations)."""
+    if isinstance(value, list):
+        return bool(value) and all(_is_artifact(item) for item in value)
     return all(hasattr(value, attribute) for attribute in ("path", "uri", "metadata"))
+
+
+def _input_digests(step: steps.Step, task_artifacts: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """The URI and content digest of each input artifact the step's tracking run records; a list
+    input one entry per item (`worker_tunings.0`, ...)."""
+    found = {}
+    for key in step.inputs:
+        value = task_artifacts.get(key)
+        if value is None or key in (steps.BASELINE, steps.PUSHED):  # no manifest, recorded by their steps
+            continue
+        if isinstance(value, list):
+            found.update({f"{key}.{index}": (item.uri, artifact_digest(item.path)) for index, item in enumerate(value)})
+        else:
+            found[key] = (value.uri, artifact_digest(value.path))
+    return found
 
 
 def _section(key: str, parameter: str, parameters: dict[str, Any]) -> Section:
@@ -116,11 +137,10 @@ def run_step(name: str, **arguments: Any) -> Any:
         task_artifacts = {key: value for key, value in arguments.items() if _is_artifact(value)}
         parameters = {key: value for key, value in arguments.items() if key not in task_artifacts}
         config = {key: _section(key, parameter, parameters) for parameter, key in step.sections.items()}
-        inputs = {key: (task_artifacts[key].uri, artifact_digest(task_artifacts[key].path))
-                  for key in step.inputs if key in steps.ARTIFACTS and key in task_artifacts}
+        inputs = _input_digests(step, task_artifacts)
         # Sections are recorded under their key in the config file (the `tuner` param of a tune run).
         recorded = {step.sections.get(key, key): value for key, value in parameters.items() if key not in CACHE_KEYS}
-        with tracking.step_run(name, recorded, inputs=inputs) as record:
+        with tracking.step_run(step.recorded_name, recorded, inputs=inputs) as record:
             context = StepContext(step, config, task_artifacts, parameters, record)
             outcome = step.load_hook()(context)
             for output in step.outputs:

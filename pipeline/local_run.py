@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from components.errors import TunepipeError
-from pipeline import dag, launcher, steps, tracking
+from pipeline import dag, launcher, steps, tags, tracking
 from pipeline.config import PipelineConfig
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -38,6 +38,7 @@ class StepStatus:
     state: str = "pending"  # pending, running, ran, cached, failed
     started: float | None = None
     seconds: float = 0.0
+    running: int = 0  # tasks of the step running now (a ParallelFor's iterations are several)
 
 
 @dataclass
@@ -48,6 +49,7 @@ class RunSummary:
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     seconds: float = 0.0
+    parallel_trials: int = 1
 
 
 class _Progress(logging.Filter):
@@ -66,7 +68,8 @@ class _Progress(logging.Filter):
         message = _ANSI.sub("", record.getMessage())
         if match := _STARTED.match(message):
             if step := self._step(match.group(1)):
-                step.state, step.started = "running", time.monotonic()
+                step.state, step.running = "running", step.running + 1
+                step.started = step.started or time.monotonic()
                 self._console.print(f"[bold]→ {step.name}[/bold] running…")
         elif match := _CACHED.match(message):
             if step := self._step(match.group(1)):
@@ -75,9 +78,14 @@ class _Progress(logging.Filter):
         elif match := _FINISHED.match(message):
             if step := self._step(match.group(1)):
                 step.seconds = time.monotonic() - (step.started or time.monotonic())
-                step.state = "ran" if match.group(2) == "SUCCESS" else "failed"
-                mark = "[green]✓" if step.state == "ran" else "[red]✗"
-                self._console.print(f"{mark} {step.name}[/] {step.state} in {step.seconds:.1f} s")
+                step.running = max(0, step.running - 1)
+                if match.group(2) != "SUCCESS":
+                    step.state = "failed"
+                elif step.state != "failed" and not step.running:
+                    step.state = "ran"
+                mark, state = ("[red]✗", "failed") if match.group(2) != "SUCCESS" else ("[green]✓", "ran")
+                more = f" ({step.running} of its tasks still running)" if step.running else ""
+                self._console.print(f"{mark} {step.name}[/] {state} in {step.seconds:.1f} s{more}")
         return True
 
 
@@ -103,8 +111,8 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"run-{stamp}.log"
     error_file = log_dir / f"run-{stamp}.errors.jsonl"
-    statuses = {name: StepStatus(name) for name in steps.NAMES}
-    summary = RunSummary(statuses, log_file=log_file)
+    statuses = {step.name: StepStatus(step.name) for step in steps.active(config.tuner.workers)}
+    summary = RunSummary(statuses, log_file=log_file, parallel_trials=config.tuner.workers)
 
     arguments = dag.pipeline_arguments(config, code_version, force_push=force_push,
                                        reuse_hyperparameters=reuse_hyperparameters, warm_start=warm_start)
@@ -131,6 +139,7 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
         summary.mlflow_run_id = parent.info.run_id
         summary.tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
         os.environ[launcher.ERROR_FILE_ENV] = str(error_file)
+        os.environ[launcher.SHARED_CORES_ENV] = str(len(os.sched_getaffinity(0)))
         root_logger.addFilter(progress)
         try:
             with open(log_file, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
@@ -148,6 +157,7 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
             root_logger.setLevel(saved_level)
             root_logger.handlers[:] = saved_handlers
             os.environ.pop(launcher.ERROR_FILE_ENV, None)
+            os.environ.pop(launcher.SHARED_CORES_ENV, None)
             summary.seconds = time.monotonic() - started
         summary.outputs = dict(task.outputs)
         _record_cached_steps(summary)
@@ -161,8 +171,10 @@ def _record_cached_steps(summary: RunSummary) -> None:
         if status.state != "cached" or not step.outputs or step.outputs[0] not in summary.outputs:
             continue
         name = step.outputs[0]
+        if steps.producer(name, summary.parallel_trials) is not step:
+            continue  # a tune worker: the pipeline's tuning output is the merge's
         artifact = summary.outputs[name]
-        tracking.record_cached_step(step.name, {name: (artifact.uri, artifact.metadata.get("digest", ""))},
+        tracking.record_cached_step(step.recorded_name, {name: (artifact.uri, artifact.metadata.get("digest", ""))},
                                     dict(artifact.metadata))
 
 
@@ -178,6 +190,10 @@ def _step_facts(summary: RunSummary) -> dict[str, steps.Facts]:
         for name, record in store.steps(pipeline).items():
             run = store.effective(record, (pipeline.info.run_id,)) or record
             found[name] = steps.Facts.of_run(run)
+        # The workers of a parallel search: one line for all of them.
+        workers = [run for run in store.children(pipeline) if run.data.tags.get(tags.STEP) == "tune-worker"]
+        if workers:
+            found["tune-worker"] = steps.Facts.of_runs(workers)
         return found
 
 
@@ -189,7 +205,7 @@ def print_summary(summary: RunSummary, console: Console) -> None:
     for status in summary.steps.values():
         step = steps.BY_NAME[status.name]
         state = status.state
-        result = step.summary(facts[step.name]) if step.name in facts else ""
+        result = step.summary(facts[step.recorded_name]) if step.recorded_name in facts else ""
         if step.name == "push" and step.name not in facts:
             state = "skipped"
             evaluation = summary.outputs.get("evaluation")

@@ -35,8 +35,9 @@ SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "beam": BeamConfig, "p
 # Kubeflow volumes (`kubeflow.volumes.<name>`) a step can mount.
 SERVING_VOLUME, WORK_VOLUME = "serving", "work"
 # Artifacts that are not a step's manifest-carrying output: resolve-baseline's description of the
-# model in production, and push's record of what it pushed.
-BASELINE, PUSHED = "baseline", "pushed"
+# model in production, and push's record of what it pushed; the workers' tuning results, which
+# the merge of a parallel search takes as one list.
+BASELINE, PUSHED, WORKER_TUNINGS = "baseline", "pushed", "worker_tunings"
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,16 @@ class Facts:
     @classmethod
     def of_run(cls, run: Any) -> Facts:
         return cls(run.data.metrics, run.data.tags, run.data.params)
+
+    @classmethod
+    def of_runs(cls, runs: list[Any]) -> Facts:
+        """The runs of one step run several times at once (the workers of a parallel search): their
+        metrics summed, `runs` how many."""
+        metrics: dict[str, float] = {"runs": len(runs)}
+        for run in runs:
+            for name, value in run.data.metrics.items():
+                metrics[name] = metrics.get(name, 0) + value
+        return cls(metrics, runs[0].data.tags, runs[0].data.params)
 
     def count(self, name: str) -> int:
         return int(self.metrics.get(name, 0))
@@ -77,6 +88,22 @@ class Step:
     outputs: tuple[str, ...] = ()
     cacheable: bool = True  # False: its result depends on the world outside its inputs
     volumes: tuple[str, ...] = ()
+    # In which pipelines the step is: always (None), or only when the search runs in parallel
+    # (True: `tuner.parallel_trials` > 1) or only when it does not (False).
+    parallel: bool | None = None
+    # The step name its tracking run carries, when not its own: the merge of a parallel search is
+    # the tune step on the record, for `tunepipe runs / trials / lineage` and retraining alike.
+    records_as: str | None = None
+    # The step whose Kubeflow resources and retries it takes unless it has its own: every worker
+    # of a parallel search is a pod like the tune step's, with its GPU.
+    part_of: str | None = None
+
+    @property
+    def recorded_name(self) -> str:
+        return self.records_as or self.name
+
+    def runs_in(self, parallel_trials: int) -> bool:
+        return self.parallel is None or self.parallel == (parallel_trials > 1)
 
     def load_component(self) -> Callable[..., Any]:
         return _load(self.component)
@@ -126,12 +153,19 @@ def _tune_summary(facts: Facts) -> str:
         return ""
     if not facts.count("trials"):
         return "tuning off: default hyperparameters"
-    return f"{facts.count('trials')} trials, best {objective} {facts.number('best_score')}"
+    workers = f" on {facts.count('workers')} workers" if facts.count("workers") > 1 else ""
+    return f"{facts.count('trials')} trials{workers}, best {objective} {facts.number('best_score')}"
 
 
 def _headline(facts: Facts) -> str | None:
     """The metric a summary leads with: accuracy for a classifier, rmse for a regression."""
     return next((name for name in ("accuracy", "rmse") if f"eval_{name}" in facts.metrics), None)
+
+
+def _worker_summary(facts: Facts) -> str:
+    if "trials" not in facts.metrics:
+        return ""
+    return f"{facts.count('runs')} workers: {facts.count('trials')} trials"
 
 
 def _train_summary(facts: Facts) -> str:
@@ -181,7 +215,22 @@ STEPS: tuple[Step, ...] = (
          sections={"options": "tuner"},
          inputs=(artifacts.EXAMPLES, artifacts.TRANSFORM),
          outputs=(artifacts.TUNING,),
-         volumes=(WORK_VOLUME,)),
+         volumes=(WORK_VOLUME,),
+         parallel=False),
+    # tuner.parallel_trials > 1: N workers in a ParallelFor, each its share of the search, and their merge.
+    Step("tune-worker", "components.tune.step:run", "pipeline.hooks:tune_worker", _worker_summary,
+         sections={"options": "tuner"},
+         inputs=(artifacts.EXAMPLES, artifacts.TRANSFORM),
+         outputs=(artifacts.TUNING,),
+         volumes=(WORK_VOLUME,),
+         parallel=True,
+         part_of="tune"),
+    Step("tune-merge", "components.tune.workers:merge", "pipeline.hooks:tune_merge", _tune_summary,
+         sections={"options": "tuner"},
+         inputs=(artifacts.EXAMPLES, artifacts.TRANSFORM, WORKER_TUNINGS),
+         outputs=(artifacts.TUNING,),
+         parallel=True,
+         records_as="tune"),
     Step("train", "components.train.step:run", "pipeline.hooks:train", _train_summary,
          sections={"options": "training", "tuner": "tuner"},
          inputs=(artifacts.EXAMPLES, artifacts.TRANSFORM, artifacts.TUNING),
@@ -206,14 +255,22 @@ STEPS: tuple[Step, ...] = (
 NAMES: tuple[str, ...] = tuple(step.name for step in STEPS)
 BY_NAME: dict[str, Step] = {step.name: step for step in STEPS}
 # The manifest-carrying artifacts, in the order the steps produce them: what lineage traces.
-ARTIFACTS: tuple[str, ...] = tuple(output for step in STEPS for output in step.outputs
-                                   if output not in (BASELINE, PUSHED))
+ARTIFACTS: tuple[str, ...] = tuple(dict.fromkeys(output for step in STEPS for output in step.outputs
+                                                 if output not in (BASELINE, PUSHED)))
 UNCACHED: tuple[str, ...] = tuple(step.name for step in STEPS if not step.cacheable)
 
 
-def producer(artifact: str) -> Step:
-    """The step whose output `artifact` is."""
-    return next(step for step in STEPS if artifact in step.outputs)
+def producer(artifact: str, parallel_trials: int = 1) -> Step:
+    """The step whose output `artifact` is, in a pipeline whose search runs `parallel_trials` at once
+    (the last of the steps writing it: a parallel search's tuning is its merge's)."""
+    if artifact == WORKER_TUNINGS:
+        return BY_NAME["tune-worker"]
+    return [step for step in active(parallel_trials) if artifact in step.outputs][-1]
+
+
+def active(parallel_trials: int) -> tuple[Step, ...]:
+    """The steps of a pipeline whose search runs `parallel_trials` trials at once."""
+    return tuple(step for step in STEPS if step.runs_in(parallel_trials))
 
 
 def position(name: str) -> int:

@@ -51,6 +51,9 @@ SEARCH_SPACE = "tunepipe.search_space"
 BEST_HYPERPARAMETERS = "tunepipe.best_hyperparameters"
 BEST_TRIAL = "tunepipe.best_trial_id"
 
+# tune: a worker of a parallel search (its step run and each of its trial runs)
+WORKER = "tunepipe.worker"
+
 # tune: each trial's run
 SEARCH_ID = "tunepipe.search_id"
 TRIAL_ID = "tunepipe.trial_id"

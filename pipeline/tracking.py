@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,9 +153,30 @@ def _log_inputs(mlflow: Any, inputs: dict[str, tuple[str, str]]) -> None:
         datasets.append(MetaDataset(source=source, name=name, digest=digest[-16:]))
         contexts.append(name)
     if datasets:
-        mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(datasets))
+        _retrying_a_lost_race(lambda: mlflow.log_inputs(datasets=datasets, contexts=contexts,
+                                                        tags_list=[None] * len(datasets)))
     mlflow.set_tags({tags.input(name, "uri"): uri for name, (uri, _) in inputs.items()})
     mlflow.set_tags({tags.input(name, "digest"): digest for name, (_, digest) in inputs.items()})
+
+
+def _retrying_a_lost_race(log: Any, attempts: int = 4) -> None:
+    """`log()`, again when it lost a race in the tracking store: the tasks of a run that start
+    together (the workers of a parallel search) log the same datasets at once, and MLflow's store
+    inserts a dataset it did not find, so all but one insert fail on the unique key. Each attempt is
+    one transaction; on the next one the dataset is there."""
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(attempts):
+        try:
+            return log()
+        except MlflowException as error:
+            if attempt == attempts - 1 or not any(sign in str(error) for sign in _DUPLICATE_KEY):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+# How a unique-key violation reads from SQLite, PostgreSQL and MySQL (through SQLAlchemy or the server).
+_DUPLICATE_KEY = ("IntegrityError", "UNIQUE constraint failed", "duplicate key value", "Duplicate entry")
 
 
 def _start_step_run(mlflow: Any, step: str):

@@ -15,11 +15,12 @@ import json
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from components import artifacts
 from components.tune.config import TunerConfig
-from components.tune.observer import COMPLETED, FINAL_STATUSES, INTERRUPTED, TrialEnd, TrialObserver, TrialStart
+from components.tune.observer import (COMPLETED, FINAL_STATUSES, INTERRUPTED, TrialEnd, TrialObserver, TrialStart,
+                                      trial_label)
 from components.tune.reuse import PreviousSearch, search_space_digest
 from pipeline import tags
 
@@ -27,13 +28,15 @@ log = logging.getLogger("tunepipe.tune")
 
 
 class MlflowTrials(TrialObserver):
-    """Records a search's trials as nested MLflow runs under `parent_run_id` (the tune step's run)."""
+    """Records a search's trials as nested MLflow runs under `parent_run_id` (the tune step's run,
+    or a worker's run of a parallel search: `worker`, its trials tagged with it)."""
 
-    def __init__(self, parent_run_id: str, objective: str):
+    def __init__(self, parent_run_id: str, objective: str, worker: int | None = None):
         import mlflow
 
         self.parent_run_id = parent_run_id
         self.objective = objective
+        self.worker = worker
         self.search_id = ""
         self._client = mlflow.MlflowClient()
         self._experiment_id = self._client.get_run(parent_run_id).info.experiment_id
@@ -93,22 +96,16 @@ class MlflowTrials(TrialObserver):
         query = f"tags.`{tags.SEARCH_ID}` = '{self.search_id}'"
         if trial_id is not None:
             query += f" and tags.`{tags.TRIAL_ID}` = '{trial_id}'"
-        runs, token = {}, None
-        while True:
-            page = self._client.search_runs([self._experiment_id], filter_string=query, max_results=1000,
-                                            page_token=token)
-            for run in page:
-                runs[run.data.tags[tags.TRIAL_ID]] = run
-            token = page.token
-            if not token:
-                return runs
+        return {run.data.tags[tags.TRIAL_ID]: run for run in _search_runs(self._client, self._experiment_id, query)}
 
     def _create_run(self, trial_id: str, hyperparameters: dict[str, Any], facts: dict[str, Any]) -> str:
         from mlflow.entities import Param
 
-        run = self._client.create_run(self._experiment_id, run_name=f"trial-{trial_id}", tags={
+        worker = {} if self.worker is None else {tags.WORKER: str(self.worker)}
+        name = f"trial-{trial_label(trial_id, self.worker)}"
+        run = self._client.create_run(self._experiment_id, run_name=name, tags={
             tags.PARENT_RUN: self.parent_run_id, tags.SEARCH_ID: self.search_id, tags.TRIAL_ID: trial_id,
-            tags.OBJECTIVE: self.objective})
+            tags.OBJECTIVE: self.objective, **worker})
         params = {"trial_id": trial_id, **{name: value for name, value in facts.items() if value is not None},
                   **hyperparameters}
         self._client.log_batch(run.info.run_id, params=[Param(name, str(value)) for name, value in params.items()])
@@ -127,6 +124,36 @@ class MlflowTrials(TrialObserver):
         if trial.error:
             self._client.set_tag(run_id, tags.ERROR, trial.error[:tags.TAG_LIMIT])
         self._client.set_terminated(run_id, "FINISHED" if trial.status == COMPLETED else "FAILED")
+
+
+def _search_runs(client, experiment_id: str, query: str) -> Iterator[Any]:
+    """Every run of `experiment_id` matching `query`, page by page."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=query, max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def adopt(experiment_id: str, search_ids: list[str], parent_run_id: str) -> int:
+    """Move the trial runs of the searches `search_ids` (the workers' of a parallel search) from
+    their worker's run to `parent_run_id` (the merge's run, the search's tune run on the record);
+    how many it moved. Runs an earlier merge adopted stay with it (a merge run again over cached
+    workers does not take an earlier run's trials)."""
+    from mlflow import MlflowClient
+
+    client, moved, steps_of = MlflowClient(), 0, {}
+    for search in search_ids:
+        for run in _search_runs(client, experiment_id, f"tags.`{tags.SEARCH_ID}` = '{search}'"):
+            parent = run.data.tags.get(tags.PARENT_RUN)
+            if parent not in steps_of:
+                steps_of[parent] = client.get_run(parent).data.tags.get(tags.STEP) if parent else None
+            if steps_of[parent] == "tune-worker":
+                client.set_tag(run.info.run_id, tags.PARENT_RUN, parent_run_id)
+                moved += 1
+    return moved
 
 
 def last_search(experiment_id: str, config: TunerConfig, hypermodel_digest: str | None = None

@@ -1,9 +1,11 @@
 """`tunepipe run` end to end on the bundled penguins data through kfp.local: a first run that
 tunes, trains and pushes; a rerun served from the cache; a worse candidate that is not pushed (and
-then forced); new data that retrains and pushes version 2; and a step that fails on bad data."""
+then forced); new data that retrains and pushes version 2; a step that fails on bad data; and a
+search over two workers at once."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,6 +23,9 @@ from tests.conftest import PENGUINS, PENGUINS_CONFIG
 # Several whole pipelines in a row: minutes each on two cores.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(3600)]
 
+
+# The steps of a pipeline whose search runs one trial at a time, the bundled config's.
+SERIAL_STEPS = tuple(step.name for step in steps.active(1))
 
 def tunepipe(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
@@ -79,9 +84,9 @@ def test_pipeline_tunes_pushes_caches_refuses_worse_and_pushes_better(tmp_path):
     # 1. The bundled configuration: every step runs, the model is good and becomes version 1.
     first = tunepipe("run", "--config", str(config), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert step_states(first.stderr) == {step: "ran" for step in steps.NAMES}
+    assert step_states(first.stderr) == {step: "ran" for step in SERIAL_STEPS}
     runs = step_runs(client, parent_id(first.stderr))
-    assert set(runs) == set(steps.NAMES)
+    assert set(runs) == set(SERIAL_STEPS)
     assert runs["train"].data.metrics["eval_accuracy"] >= 0.95
     assert runs["evaluate"].data.metrics["eval_accuracy"] >= 0.95
     assert runs["evaluate"].data.tags["tunepipe.blessed"] == "true"
@@ -150,3 +155,32 @@ def test_a_step_that_fails_on_the_data_says_why_in_one_line(tmp_path):
     assert f"{data}: the file is not valid UTF-8 text" in error
     pipelines = tmp_path / "tunepipe-out" / "pipelines"
     assert not list(pipelines.rglob(artifacts.MANIFEST))
+
+
+def test_a_parallel_search_runs_its_workers_at_once_and_is_one_search_on_the_record(tmp_path):
+    shutil.copy(PENGUINS, tmp_path / "penguins.csv")
+    config = write_config(tmp_path, "pipeline.yaml", tuner={"algorithm": "random", "max_trials": 4, "max_epochs": 2,
+                                                            "parallel_trials": 2})
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'tunepipe-out' / 'mlflow.db'}")
+    client = MlflowClient()
+
+    first = tunepipe("run", "--config", str(config), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    parallel_steps = [step.name for step in steps.active(2)]
+    assert step_states(first.stderr) == {step: "ran" for step in parallel_steps}
+    # kfp.local started the second worker before the first ended.
+    assert "tune-worker ran in" in first.stderr and "(1 of its tasks still running)" in first.stderr
+    assert "4 trials on 2 workers" in table_row(first.stderr, "tune-merge")
+    runs = step_runs(client, parent_id(first.stderr))
+    trials = client.search_runs([runs["tune"].info.experiment_id],
+                                f"tags.mlflow.parentRunId = '{runs['tune'].info.run_id}'")
+    assert sorted(run.data.tags["tunepipe.worker"] for run in trials) == ["0", "0", "1", "1"]
+    listed = tunepipe("trials", parent_id(first.stderr), "--config", str(config), cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(re.findall(r"\b[01]-[01]\b", listed.stdout)) == ["0-0", "0-1", "1-0", "1-1"]
+
+    # The same config again: the workers and the merge come from the cache.
+    again = tunepipe("run", "--config", str(config), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    states = step_states(again.stderr)
+    assert states["tune-worker"] == states["tune-merge"] == "cached"

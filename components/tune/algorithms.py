@@ -69,6 +69,26 @@ def grid_points(space: list[tuple[str, list[Any], list[tuple[str, list[Any]]]]],
     return count(0, {})
 
 
+def grid_assignments(space: list[tuple[str, list[Any], list[tuple[str, list[Any]]]]]) -> list[dict[str, Any]]:
+    """Every point of the grid (see `grid_points`), each as the values of its active hyperparameters,
+    in a stable order."""
+    found: list[dict[str, Any]] = []
+
+    def walk(index: int, assignment: dict[str, Any]) -> None:
+        if index == len(space):
+            found.append(assignment)
+            return
+        name, values, conditions = space[index]
+        if all(assignment.get(parent) in allowed for parent, allowed in conditions):
+            for value in values:
+                walk(index + 1, {**assignment, name: value})
+        else:
+            walk(index + 1, assignment)
+
+    walk(0, {})
+    return found
+
+
 def _grid_arguments(config: Any) -> dict[str, Any]:
     return {"max_trials": config.max_trials}
 

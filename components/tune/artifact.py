@@ -2,6 +2,7 @@
 
     best_hyperparameters.json   name -> value, the input of the train step
     trials.csv                  one row per trial (`components.tune.trials`)
+    trials.json                 the same trials in full, for merging parallel workers
     search_space.json           the Keras Tuner search space as declared, with `conditions`: when
                                 each conditional hyperparameter is active
     report.html                 the tuning report (components.tune.report)
@@ -21,7 +22,7 @@ from components.model.hyperparameters import model_values, write_hyperparameters
 from components.tune.config import TunerConfig
 from components.tune.observer import FINAL_STATUSES, TrialEnd
 from components.tune.report import REPORT, ReportSearch, ReportTrial, render  # noqa: F401 (REPORT: the artifact's file)
-from components.tune.trials import TRIALS_TABLE, write_table
+from components.tune.trials import TRIALS_RECORDS, TRIALS_TABLE, write_records, write_table
 
 BEST_HYPERPARAMETERS = "best_hyperparameters.json"
 SEARCH_SPACE = "search_space.json"
@@ -47,7 +48,7 @@ class BestTrial:
 
 
 def report_trials(trials: list[TrialEnd]) -> list[ReportTrial]:
-    return [ReportTrial(trial.trial_id, trial.status, trial.score, trial.hyperparameters, trial.epochs,
+    return [ReportTrial(trial.label, trial.status, trial.score, trial.hyperparameters, trial.epochs,
                         trial.facts.get("bracket"), trial.facts.get("round"), trial.facts.get("max_epoch"),
                         trial.duration_s, trial.error) for trial in trials]
 
@@ -61,6 +62,7 @@ def write(out: Path, config: TunerConfig, best: dict[str, Any], best_trial: Best
     with artifacts.building(out) as partial:
         write_hyperparameters(partial / BEST_HYPERPARAMETERS, best)
         write_table(partial / TRIALS_TABLE, trials)
+        write_records(partial / TRIALS_RECORDS, trials)
         (partial / SEARCH_SPACE).write_text(json.dumps({**search_space, "conditions": conditions or {}}, indent=2,
                                                        default=str) + "\n")
         title = f"Tuning report: {config.algorithm} search on {config.objective}" if config.enabled else \

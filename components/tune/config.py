@@ -45,6 +45,9 @@ class TunerConfig(Section):
     # search over the same search space is older than this many days; null: reuse whatever its age.
     retune_after_days: float | None = Field(7, gt=0)
     search_space: SearchSpaceConfig = SearchSpaceConfig()
+    # Trials run at once: N workers, each a pod on Kubeflow (a process locally), each its share of
+    # the search (components.tune.workers says how each algorithm is shared), merged into one result.
+    parallel_trials: int = Field(1, ge=1, le=64)
     # Your own model instead of the built-in one: `path/to/model.py:build` (relative to the config
     # file; the function defaults to `build`), see components.model.hypermodel.
     hypermodel: str | None = None
@@ -55,6 +58,13 @@ class TunerConfig(Section):
         if objective is not None and objective not in logged_everywhere():
             raise ValueError(f"unknown metric (models log: {', '.join(logged_everywhere())})")
         return objective
+
+    @model_validator(mode="after")
+    def _a_trial_for_every_worker(self) -> TunerConfig:
+        if self.parallel_trials > 1 and self.algorithm != "hyperband" and self.parallel_trials > self.max_trials:
+            raise ValueError(f"parallel_trials {self.parallel_trials} is more than max_trials {self.max_trials}: "
+                             f"some workers would have no trial")
+        return self
 
     @field_validator("algorithm")
     @classmethod
@@ -94,6 +104,11 @@ class TunerConfig(Section):
         objective = self.objective or default_objective(kind)
         check_metric(objective, kind, "tuner.objective")
         return self.model_copy(update={"objective": objective})
+
+    @property
+    def workers(self) -> int:
+        """The tune workers a pipeline runs: `parallel_trials`, or 1 when tuning is off (nothing to share)."""
+        return self.parallel_trials if self.enabled else 1
 
     @property
     def resolved_direction(self) -> str:

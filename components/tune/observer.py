@@ -25,6 +25,7 @@ class TrialStart:
     # Keras Tuner's bookkeeping: Hyperband's bracket and round, the epochs the trial trains
     # (initial_epoch, max_epoch) and the trial it continues (continued_from); None when it has none.
     facts: dict[str, Any] = field(default_factory=dict)
+    worker: int | None = None  # the worker of a search run in parallel (tuner.parallel_trials)
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class TrialEnd:
     duration_s: float | None
     error: str | None
     tracking_id: str | None  # what the observer answered when the trial began
+    worker: int | None = None
+
+    @property
+    def label(self) -> str:
+        return trial_label(self.trial_id, self.worker)
 
 
 class TrialObserver:
@@ -67,3 +73,9 @@ class TrialObserver:
 
     def interrupted(self) -> None:
         """The search was cut short (a kill, Ctrl-C) while a trial was running."""
+
+
+def trial_label(trial_id: str, worker: int | str | None) -> str:
+    """A trial's name in one search over every worker: `03`, or `1-03` for worker 1's trial 03 of a
+    parallel search (Keras Tuner's ids count each worker's trials from 0)."""
+    return trial_id if worker is None or worker == "" else f"{worker}-{trial_id}"

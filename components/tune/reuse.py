@@ -63,15 +63,18 @@ def reuse_decision(previous: PreviousSearch | None, config: TunerConfig, now: fl
 
 
 def reuse(previous: PreviousSearch, examples: str | os.PathLike[str], transform: str | os.PathLike[str],
-          out: str | os.PathLike[str], config: TunerConfig) -> artifact.TuneResult:
-    """The `tuning` artifact of a run that searches nothing: the best hyperparameters of `previous`."""
+          out: str | os.PathLike[str], config: TunerConfig, recorded: dict[str, Any] | None = None
+          ) -> artifact.TuneResult:
+    """The `tuning` artifact of a run that searches nothing: the best hyperparameters of `previous`
+    (`recorded`: more facts for its manifest, e.g. which worker of a parallel search wrote it)."""
     examples_manifest = artifacts.read_manifest(examples, artifacts.EXAMPLES)
     transform_manifest = artifacts.read_manifest(transform, artifacts.TRANSFORM)
     inputs = {"examples": str(examples), "examples_digest": examples_manifest["digest"],
               "transform": str(transform), "transform_digest": transform_manifest["digest"],
               "reused_from": {"tune_run_id": previous.run_id, "pipeline_run_id": previous.pipeline_run_id,
                               "tuning": previous.tuning_uri, "tuning_digest": previous.tuning_digest,
-                              "best_trial_id": previous.best_trial_id, "best_score": previous.best_score}}
+                              "best_trial_id": previous.best_trial_id, "best_score": previous.best_score},
+              **(recorded or {})}
     best = artifact.BestTrial(previous.best_trial_id, previous.best_score) if previous.best_score is not None else None
     result = artifact.write(Path(out), config, previous.best_hyperparameters, best, [], {}, None, inputs)
     log.info("tune: reusing the best hyperparameters of search run %s (%.1f days old): %s", previous.run_id,

@@ -31,9 +31,10 @@ from components.model.hyperparameters import model_values
 from components.model.hypermodel import HypermodelSource
 from components.transform import Transform
 from components.tune import artifact, trials
-from components.tune.algorithms import ALGORITHMS, grid_points
+from components.tune.algorithms import ALGORITHMS, grid_assignments, grid_points
 from components.tune.config import TunerConfig
 from components.tune.report import conditions_of
+from components.tune.workers import shard
 from components.tune.observer import COMPLETED, FAILED, INVALID, TrialObserver
 
 log = logging.getLogger("tunepipe.tune")
@@ -46,8 +47,10 @@ SEARCH_ID_FILE = "tunepipe_search.json"
 class _Progress:
     """The search's own account of its trials: record files, the observer's events, progress lines."""
 
-    def __init__(self, observer: TrialObserver, objective: str, direction: str, expected_trials: int):
+    def __init__(self, observer: TrialObserver, objective: str, direction: str, expected_trials: int,
+                 worker: int | None = None):
         self.observer = observer
+        self.worker = worker
         self.objective = objective
         self.direction = direction
         self.expected_trials = expected_trials
@@ -58,14 +61,14 @@ class _Progress:
         self._best: tuple[float, str] | None = None
 
     def search_begins(self, tuner) -> None:
-        finished = trials.finished(tuner)
+        finished = trials.finished(tuner, self.worker)
         for trial in finished:
             if trial.status == COMPLETED and trial.score is not None:
-                self._keep_best(trial.score, trial.trial_id)
+                self._keep_best(trial.score, trial.label)
         self.reconcile(tuner)
 
     def reconcile(self, tuner) -> None:
-        recorded = self.observer.reconcile(trials.finished(tuner))
+        recorded = self.observer.reconcile(trials.finished(tuner, self.worker))
         for trial_id, tracking_id in recorded.items():
             trial_dir = tuner.get_trial_dir(trial_id)
             record = trials.read_record(trial_dir) or {"trial_id": trial_id}
@@ -73,7 +76,7 @@ class _Progress:
 
     def trial_begins(self, trial) -> None:
         self._running, self._started, self._epochs = trial.trial_id, time.monotonic(), 0
-        self._tracking_id = self.observer.trial_began(trials.start(trial))
+        self._tracking_id = self.observer.trial_began(trials.start(trial, self.worker))
 
     def epoch_ends(self, trial, epoch: int, logs: dict[str, Any] | None) -> None:
         self._epochs += 1
@@ -92,7 +95,7 @@ class _Progress:
                   "tracking_id": self._tracking_id}
         trials.write_record(trial_dir, record)
         self._running = None
-        ended = trials.ended(trial, record)
+        ended = trials.ended(trial, record, self.worker)
         self.observer.trial_ended(ended)
         self._report(ended)
 
@@ -109,21 +112,23 @@ class _Progress:
         where = (f"bracket {trial.facts['bracket']} round {trial.facts['round']}, "
                  if trial.facts.get("bracket") is not None else "")
         if trial.status == COMPLETED:
-            self._keep_best(trial.score, trial.trial_id)
+            self._keep_best(trial.score, trial.label)
             outcome = f"{self.objective} {trial.score:.4f}"
         else:
             outcome = f"{trial.status}: {trial.error}"
         best = f"; best {self._best[0]:.4f} (trial {self._best[1]})" if self._best else ""
-        log.info("tune: trial %s (%s%d epochs, %.1fs): %s%s [%d/%d]", trial.trial_id, where, trial.epochs,
+        log.info("tune: trial %s (%s%d epochs, %.1fs): %s%s [%d/%d]", trial.label, where, trial.epochs,
                  trial.duration_s, outcome, best, int(trial.trial_id) + 1, self.expected_trials)
 
 
-def _tuner_class(algorithm: str):
-    """Keras Tuner's tuner class for `algorithm`, with the recording hooks; imported late, as Keras
-    Tuner pulls in TensorFlow."""
+def _tuner_class(algorithm: str | None):
+    """Keras Tuner's tuner class for `algorithm` (None: its base Tuner, for an oracle of our own), with
+    the recording hooks; imported late, as Keras Tuner pulls in TensorFlow."""
     import keras_tuner
 
-    class RecordingTuner(getattr(keras_tuner, ALGORITHMS[algorithm].tuner)):
+    base = getattr(keras_tuner, ALGORITHMS[algorithm].tuner) if algorithm else keras_tuner.Tuner
+
+    class RecordingTuner(base):
         """Hooks into Keras Tuner's trial life cycle."""
 
         def __init__(self, *args, progress: _Progress, **kwargs):
@@ -173,11 +178,31 @@ def declared_space(build) -> list:
     return hp.space
 
 
+def _grid_space(space: list) -> list:
+    """A Keras Tuner space as `components.tune.algorithms` counts and enumerates grids."""
+    return [(found.name, list(found.values), [(condition.name, list(condition.values))
+                                              for condition in found.conditions]) for found in space]
+
+
+def _grid_shard_oracle(points: list[dict[str, Any]], **kwargs):
+    """An oracle that proposes `points`, in order, each once (also across a resumed search)."""
+    import keras_tuner
+
+    class GridShardOracle(keras_tuner.Oracle):
+        def populate_space(self, trial_id):
+            for values in points:
+                digest = self._compute_values_hash(values)
+                if digest not in self._tried_so_far:
+                    self._tried_so_far.add(digest)
+                    return {"status": "RUNNING", "values": values}
+            return {"status": "STOPPED", "values": None}
+
+    return GridShardOracle(**kwargs)
+
+
 def _grid(space: list, config: TunerConfig) -> int:
     """The number of grid points, said before the search starts (and capped by max_trials)."""
-    points = grid_points([(found.name, list(found.values), [(condition.name, list(condition.values))
-                                                             for condition in found.conditions])
-                          for found in space])
+    points = grid_points(_grid_space(space))
     shown = f"more than {points - 1:,}" if points > 10**6 else f"{points:,}"
     if points > config.max_trials:
         log.warning("tune: the grid has %s points; tuner.max_trials=%d caps the search at the first %d",
@@ -223,7 +248,10 @@ def _search_fingerprint(config: TunerConfig, examples_digest: str, transform_dig
                         hypermodel_digest: str | None = None) -> str:
     """Names the Keras Tuner project: a changed config, input or hypermodel module starts a new
     search instead of resuming."""
-    identity = {"config": config.model_dump(mode="json", exclude={"enabled", "retune_after_days", "hypermodel"}),
+    # parallel_trials is left out: a worker's share (components.tune.workers.shard) and its own state
+    # directory already tell the searches of N workers apart, and serial searches keep their names.
+    identity = {"config": config.model_dump(mode="json", exclude={"enabled", "retune_after_days", "hypermodel",
+                                                                   "parallel_trials"}),
                 "examples": examples_digest, "transform": transform_digest, "hypermodel": hypermodel_digest}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -251,14 +279,16 @@ def project_dir(config: TunerConfig, examples: str | os.PathLike[str], transform
 
 def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out: str | os.PathLike[str],
         config: TunerConfig, observer: TrialObserver | None = None, *, work_dir: str | os.PathLike[str] | None = None,
-        callbacks: list | None = None, hypermodel_source: HypermodelSource | None = None) -> artifact.TuneResult:
+        callbacks: list | None = None, hypermodel_source: HypermodelSource | None = None, worker: int = 0,
+        workers: int = 1) -> artifact.TuneResult:
     """Search the hyperparameters and write the `tuning` artifact at `out`.
 
     `observer` hears of every trial (see `components.tune.observer`). `work_dir` holds Keras
     Tuner's state and must survive a kill for the search to resume (default: beside `out`).
     `callbacks` are extra Keras callbacks for every trial. `hypermodel_source` is the user's model
-    module (default: read from `config.hypermodel`, if set). With `config.enabled` false, no search
-    runs and the default hyperparameters are the result.
+    module (default: read from `config.hypermodel`, if set). `worker` of `workers` runs its share
+    of a parallel search (`components.tune.workers`). With `config.enabled` false, no search runs
+    and the default hyperparameters are the result.
     """
     out = Path(out)
     examples_manifest = artifacts.read_manifest(examples, artifacts.EXAMPLES)
@@ -266,7 +296,11 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
     inputs = {"examples": str(examples), "examples_digest": examples_manifest["digest"],
               "transform": str(transform), "transform_digest": transform_manifest["digest"]}
     loaded = Transform.read(transform)
-    config = config.for_problem(loaded.kind)
+    whole = config.for_problem(loaded.kind)
+    config = shard(whole, worker, workers)
+    recorded_worker = worker if workers > 1 else None  # how its trials are labelled and recorded
+    if workers > 1:
+        inputs.update(worker=worker, workers=workers)
     space = config.search_space
     source = hypermodel_source or (HypermodelSource.read(config.hypermodel) if config.hypermodel else None)
     if source is not None:
@@ -291,16 +325,34 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
     resuming = (project / "oracle.json").exists()
     direction = config.resolved_direction
     algorithm = ALGORITHMS[config.algorithm]
-    expected = _grid(declared_space(build), config) if config.algorithm == "grid" else algorithm.expected_trials(config)
-    progress = _Progress(observer or TrialObserver(), config.objective, direction, expected)
-    progress.observer.search_began(search_id(project))
+    points = None
+    if config.algorithm == "grid":
+        declared = declared_space(build)
+        expected = _grid(declared, whole)
+        if workers > 1:
+            # A shard of the grid: the points dealt to this worker, tried in order by an oracle of our own.
+            points = grid_assignments(_grid_space(declared))[:whole.max_trials][worker::workers]
+            expected = len(points)
+            print(f"tune: worker {worker} of {workers} tries {expected} of them")
+            if not points:  # a grid of fewer points than workers: this one has nothing to try
+                return artifact.write(out, config, {}, None, [], {}, None, inputs)
+    else:
+        expected = algorithm.expected_trials(config)
+    progress = _Progress(observer or TrialObserver(), config.objective, direction, expected, recorded_worker)
+    inputs["search_id"] = search_id(project)
+    progress.observer.search_began(inputs["search_id"])
+    objective = keras_tuner.Objective(config.objective, direction)
     try:
-        tuner = _tuner_class(config.algorithm)(
-            hypermodel=_hypermodel(build, config.seed),
-            objective=keras_tuner.Objective(config.objective, direction),
-            seed=config.seed, max_consecutive_failed_trials=config.max_consecutive_failed_trials,
-            directory=str(work_dir), project_name=project.name, overwrite=False, progress=progress,
-            **algorithm.arguments(config))
+        if points is not None:
+            oracle = _grid_shard_oracle(points, objective=objective, max_trials=len(points), seed=config.seed,
+                                        max_consecutive_failed_trials=config.max_consecutive_failed_trials)
+            tuner = _tuner_class(None)(oracle, hypermodel=_hypermodel(build, config.seed), directory=str(work_dir),
+                                       project_name=project.name, overwrite=False, progress=progress)
+        else:
+            tuner = _tuner_class(config.algorithm)(
+                hypermodel=_hypermodel(build, config.seed), objective=objective, seed=config.seed,
+                max_consecutive_failed_trials=config.max_consecutive_failed_trials, directory=str(work_dir),
+                project_name=project.name, overwrite=False, progress=progress, **algorithm.arguments(config))
     except RuntimeError as error:
         raise TunepipeError(f"the tuner state in {project} cannot be reloaded ({trials.one_line(str(error))}); "
                             f"delete that directory to start the search over") from None
@@ -341,7 +393,7 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
         progress.interrupted()
         gc.unfreeze()
 
-    finished = trials.finished(tuner)
+    finished = trials.finished(tuner, recorded_worker)
     completed = [trial for trial in finished if trial.status == COMPLETED]
     if not completed:
         errors = [trial.error for trial in finished if trial.error]

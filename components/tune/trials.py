@@ -8,6 +8,7 @@ kind, duration, epochs trained, error and the observer's id) in a record file be
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -19,7 +20,7 @@ from components.tune.observer import COMPLETED, FAILED, TrialEnd, TrialStart
 
 TRIAL_RECORD = "tunepipe_trial.json"
 TRIALS_TABLE = "trials.csv"
-_TABLE_COLUMNS = ("trial_id", "status", "score", "epochs", "initial_epoch", "best_epoch", "bracket", "round",
+_TABLE_COLUMNS = ("trial_id", "worker", "status", "score", "epochs", "initial_epoch", "best_epoch", "bracket", "round",
                   "continued_from", "duration_s", "error", "tracking_id")
 
 
@@ -46,8 +47,8 @@ def facts(trial) -> dict[str, Any]:
     }
 
 
-def start(trial) -> TrialStart:
-    return TrialStart(trial.trial_id, model_values(trial.hyperparameters.values), facts(trial))
+def start(trial, worker: int | None = None) -> TrialStart:
+    return TrialStart(trial.trial_id, model_values(trial.hyperparameters.values), facts(trial), worker)
 
 
 def best_epoch(trial) -> int | None:
@@ -68,7 +69,7 @@ def read_record(trial_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
 
 
-def ended(trial, record: dict[str, Any]) -> TrialEnd:
+def ended(trial, record: dict[str, Any], worker: int | None = None) -> TrialEnd:
     """A finished Keras Tuner trial and its record file as one `TrialEnd`."""
     completed = trial.status == "COMPLETED"
     return TrialEnd(
@@ -79,17 +80,17 @@ def ended(trial, record: dict[str, Any]) -> TrialEnd:
         epochs=record.get("epochs"), best_epoch=best_epoch(trial) if completed else None,
         duration_s=record.get("duration_s"),
         error=record.get("error") or (None if completed else one_line(trial.message)),
-        tracking_id=record.get("tracking_id"))
+        tracking_id=record.get("tracking_id"), worker=worker)
 
 
-def finished(tuner) -> list[TrialEnd]:
+def finished(tuner, worker: int | None = None) -> list[TrialEnd]:
     """Every trial of the search that ran to an end, in trial order (one cut short is left out
     until it has run again)."""
     found = []
     for trial_id in sorted(tuner.oracle.trials):
         trial = tuner.oracle.trials[trial_id]
         if trial.status in ("COMPLETED", "FAILED"):
-            found.append(ended(trial, read_record(tuner.get_trial_dir(trial_id)) or {}))
+            found.append(ended(trial, read_record(tuner.get_trial_dir(trial_id)) or {}, worker))
     return found
 
 
@@ -100,7 +101,7 @@ def write_table(path: str | os.PathLike[str], trials: list[TrialEnd]) -> None:
         writer.writerow([*_TABLE_COLUMNS, *(f"hp.{name}" for name in names)])
         for trial in trials:
             cells = {**trial.facts, **{column: getattr(trial, column) for column in _TABLE_COLUMNS
-                                       if hasattr(trial, column)}}
+                                       if hasattr(trial, column)}, "trial_id": trial.label}
             row = [cells.get(column) for column in _TABLE_COLUMNS] + [trial.hyperparameters.get(name) for name in names]
             writer.writerow(["" if value is None else value for value in row])
 
@@ -108,3 +109,15 @@ def write_table(path: str | os.PathLike[str], trials: list[TrialEnd]) -> None:
 def read_table(path: str | os.PathLike[str]) -> list[dict[str, str]]:
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+TRIALS_RECORDS = "trials.json"
+
+
+def write_records(path: str | os.PathLike[str], trials: list[TrialEnd]) -> None:
+    """Every trial in full, as a later step (merging parallel workers) reads them back."""
+    Path(path).write_text(json.dumps([dataclasses.asdict(trial) for trial in trials], indent=2, default=str) + "\n")
+
+
+def read_records(path: str | os.PathLike[str]) -> list[TrialEnd]:
+    return [TrialEnd(**record) for record in json.loads(Path(path).read_text())]

@@ -12,6 +12,7 @@ from typing import Any
 
 from components import objectives
 from components.errors import TunepipeError
+from components.tune.observer import trial_label
 from pipeline import tags
 from pipeline.queries.records import _direction, _int, _json_param, _number
 from pipeline.queries.store import Store, _quote, open_store
@@ -124,7 +125,8 @@ def _trial_row(run: Any) -> TrialRow:
     hyperparameters = {name: _number(value) for name, value in sorted(params.items()) if name not in tags.TRIAL_FACTS}
     status = recorded.get(tags.TRIAL_STATUS) or ("running" if run.info.status == "RUNNING" else run.info.status.lower())
     return TrialRow(
-        trial_id=recorded.get(tags.TRIAL_ID) or params.get("trial_id", ""), run_id=run.info.run_id, status=status,
+        trial_id=trial_label(recorded.get(tags.TRIAL_ID) or params.get("trial_id", ""), recorded.get(tags.WORKER)),
+        run_id=run.info.run_id, status=status,
         score=metrics.get("score"), epochs=_int(metrics.get("epochs")), duration_s=metrics.get("duration_s"),
         best_epoch=_int(metrics.get("best_epoch")), hyperparameters=hyperparameters,
         bracket=_int(_number(params.get("bracket"))), round=_int(_number(params.get("round"))),

@@ -10,9 +10,9 @@ from pipeline.cli import main
 from tests.conftest import PENGUINS_CONFIG
 
 
-def compiled_spec(tmp_path, *extra):
-    out = tmp_path / "pipeline.yaml"
-    result = CliRunner().invoke(main, ["compile", "--config", str(PENGUINS_CONFIG), "-o", str(out), *extra])
+def compiled_spec(tmp_path, *extra, config=PENGUINS_CONFIG):
+    out = tmp_path / "compiled-pipeline.yaml"
+    result = CliRunner().invoke(main, ["compile", "--config", str(config), "-o", str(out), *extra])
     assert result.exit_code == 0, result.output
     spec = pipeline_spec_pb2.PipelineSpec()
     json_format.ParseDict(yaml.safe_load(out.read_text()), spec)
@@ -44,7 +44,7 @@ def tasks_with_upstream(spec) -> dict:
 def test_compiled_tasks_and_edges_are_the_local_dag(tmp_path):
     spec = compiled_spec(tmp_path)
     tasks = tasks_with_upstream(spec)
-    assert set(tasks) == set(steps.NAMES)
+    assert set(tasks) == {step.name for step in steps.active(1)}
     edges = {(upstream, name) for name, (_, upstreams) in tasks.items() for upstream in upstreams}
     assert edges == {("resolve-source", "ingest"), ("ingest", "preprocess"), ("ingest", "tune"),
                      ("preprocess", "tune"), ("ingest", "train"), ("preprocess", "train"), ("tune", "train"),
@@ -72,7 +72,7 @@ def test_steps_that_read_the_outside_world_are_never_cached(tmp_path):
 def test_components_run_the_given_image_and_install_nothing(tmp_path):
     spec = compiled_spec(tmp_path, "--image", "registry.example/tunepipe:1.2")
     executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
-    assert len(executors) == len(steps.NAMES)
+    assert len(executors) == len(steps.active(1))
     for executor in executors.values():
         container = executor["container"]
         assert container["image"] == "registry.example/tunepipe:1.2"
@@ -214,3 +214,54 @@ def test_the_tuning_report_is_an_html_output_and_the_hypermodel_a_parameter_of_t
     for step in ("tune", "train"):
         component = spec.components[all_tasks(spec)[step].component_ref.name]
         assert "hypermodel_source" in component.input_definitions.parameters
+
+
+def parallel_config(tmp_path, tuner: str, kubeflow: str = "") -> str:
+    config_file = tmp_path / "parallel.yaml"
+    config_file.write_text(PENGUINS_CONFIG.read_text().replace(
+        "source: penguins.csv", f"source: {PENGUINS_CONFIG.parent / 'penguins.csv'}") + tuner + kubeflow)
+    return str(config_file)
+
+
+def test_parallel_trials_compile_to_n_workers_at_once_and_their_merge(tmp_path):
+    config_file = parallel_config(tmp_path, "\ntuner: {algorithm: random, max_trials: 12, parallel_trials: 3}\n",
+                                  "kubeflow:\n  resources:\n    tune: {cpu_request: '4', accelerator_limit: 1}\n"
+                                  "  retries: {tune: 2}\n")
+    spec = compiled_spec(tmp_path, config=config_file)
+    loop_name, loop = next((name, task) for name, task in spec.root.dag.tasks.items()
+                           if task.HasField("parameter_iterator"))
+    assert loop.iterator_policy.parallelism_limit == 3
+    assert json_format.MessageToDict(loop.parameter_iterator)["items"]["raw"] == "[0, 1, 2]"
+    tasks = tasks_with_upstream(spec)
+    assert set(tasks) == {step.name for step in steps.active(3)}
+    assert "tune" not in tasks
+    loop_tasks = spec.components[loop.component_ref.name].dag.tasks
+    assert set(loop_tasks) == {"tune-worker"}
+    assert loop_name in tasks["tune-merge"][1] and "tune-merge" in tasks["train"][1]
+    merged = tasks["tune-merge"][0].inputs.artifacts["worker_tunings"].task_output_artifact
+    # The merge takes the workers' tunings collected as one list (dsl.Collected), the loop's output.
+    assert (merged.producer_task, merged.output_artifact_key) == (loop_name, "pipelinechannel--tune-worker-tuning")
+    # Every worker is a pod like the tune step's: its resources (the GPU too) and its retries.
+    executors = json_format.MessageToDict(spec.deployment_spec)["executors"]
+    worker = executors[spec.components[tasks["tune-worker"][0].component_ref.name].executor_label]["container"]
+    assert worker["resources"]["resourceCpuRequest"] == "4"
+    accelerator = worker["resources"]["accelerator"]
+    assert (accelerator["resourceType"], accelerator["resourceCount"]) == ("nvidia.com/gpu", "1")
+    assert tasks["tune-worker"][0].retry_policy.max_retry_count == 2
+    assert tasks["tune-worker"][0].caching_options.enable_cache and tasks["tune-merge"][0].caching_options.enable_cache
+
+
+def test_more_parallel_trials_than_trials_is_refused_in_one_line(tmp_path):
+    config_file = parallel_config(tmp_path, "\ntuner: {algorithm: random, max_trials: 2, parallel_trials: 3}\n")
+    result = CliRunner().invoke(main, ["compile", "--config", config_file, "-o", str(tmp_path / "out.yaml")])
+    assert result.exit_code != 0
+    assert len(result.output.strip().splitlines()) == 1
+    assert "tuner: parallel_trials 3 is more than max_trials 2" in result.output
+    assert not (tmp_path / "out.yaml").exists()
+
+
+def test_with_tuning_off_there_is_nothing_to_share_and_one_tune_task(tmp_path):
+    config_file = parallel_config(tmp_path, "\ntuner: {enabled: false, algorithm: random, max_trials: 4, "
+                                            "parallel_trials: 2}\n")
+    spec = compiled_spec(tmp_path, config=config_file)
+    assert set(tasks_with_upstream(spec)) == {step.name for step in steps.active(1)}

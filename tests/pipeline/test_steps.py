@@ -4,6 +4,7 @@ what its step records."""
 from __future__ import annotations
 
 import inspect
+from types import SimpleNamespace
 
 import pytest
 
@@ -54,6 +55,12 @@ def test_summaries_read_what_the_steps_record():
                    {"tuner": '{"objective": "val_accuracy"}'})
     assert summary["tune"](reused) == "reused the best hyperparameters of search run abc (val_accuracy 0.9800)"
     assert summary["tune"](Facts({"trials": 0}, {tags.TUNING: tags.OFF})) == "tuning off: default hyperparameters"
+    merged = Facts({"trials": 8, "workers": 2, "best_score": 0.97}, {tags.TUNING: tags.SEARCHED},
+                   {"tuner": '{"objective": "val_accuracy"}'})
+    assert summary["tune-merge"](merged) == "8 trials on 2 workers, best val_accuracy 0.9700"
+    workers = Facts.of_runs([SimpleNamespace(data=SimpleNamespace(metrics={"trials": trials}, tags={}, params={}))
+                             for trials in (3, 5)])
+    assert summary["tune-worker"](workers) == "2 workers: 8 trials"
     assert summary["train"](Facts({"eval_accuracy": 1.0, "epochs_trained": 12, "warm_started": 1})) == (
         "eval accuracy 1.0000 after 12 epochs, warm-started")
     assert summary["push"](Facts({}, {tags.PUSHED: "true", tags.PUSH_VERSION: "2", tags.PUSH_REASON: "blessed"})) == (

@@ -1,0 +1,121 @@
+"""One search over several workers (`tuner.parallel_trials: N`): what each worker searches, and the
+merge of their results into one tuning result.
+
+The workers are independent shards, each its own Keras Tuner search in its own state directory
+(KFP's ParallelFor runs them at once, one pod each; kfp.local as processes):
+
+- random: the `max_trials` trials split among the workers, each sampling with its own seed;
+- grid: the grid's points dealt round-robin to the workers, each trying its own, in order;
+- hyperband: `hyperband_iterations` split among the workers, at least one iteration each (with more
+  workers than iterations the search runs one iteration per worker: N iterations of brackets);
+- bayesian: N independent Bayesian searches of max_trials / N trials each: a worker's Gaussian
+  process sees only its own trials (observations are not shared).
+
+The merge reads every worker's trials, picks the best over all of them and writes one tuning
+artifact, which train, the report and retraining read as they read a single search's.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from components import artifacts, objectives
+from components.errors import DataError
+from components.tune import artifact
+from components.tune.config import TunerConfig
+from components.model.hyperparameters import read_hyperparameters
+from components.tune.observer import COMPLETED
+from components.tune.trials import TRIALS_RECORDS, read_records
+
+
+def shard(config: TunerConfig, worker: int, workers: int) -> TunerConfig:
+    """The part of the search `worker` (0-based, of `workers`) runs."""
+    if workers == 1:
+        return config
+    update = {"seed": config.seed + worker}
+    if config.algorithm == "hyperband":
+        update["hyperband_iterations"] = max(1, _part(config.hyperband_iterations, worker, workers))
+    else:
+        update["max_trials"] = _part(config.max_trials, worker, workers)
+        if config.bayesian_initial_trials:
+            update["bayesian_initial_trials"] = max(1, _part(config.bayesian_initial_trials, worker, workers))
+    return config.model_copy(update=update)
+
+
+def _part(total: int, worker: int, workers: int) -> int:
+    """`worker`'s share of `total` split as evenly as it goes (the first ones one more)."""
+    return total // workers + (1 if worker < total % workers else 0)
+
+
+def share_cores(cores: int, workers: int) -> int:
+    """Size this process's thread pools for `workers` searches sharing `cores` (kfp.local runs a
+    parallel search's workers on one machine); the threads each pool gets. Call it before
+    TensorFlow is imported: TensorFlow, oneDNN's OpenMP and Arrow each size their pools to every
+    core of the machine, and N workers doing that slow every trial down (measured in
+    bench/tuning/parallel.py)."""
+    import pyarrow
+
+    threads = max(1, cores // workers)
+    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
+        os.environ[variable] = str(threads)
+    pyarrow.set_cpu_count(threads)
+    return threads
+
+
+# What every worker's result must agree on to be one search: the inputs, the objective, and whether
+# (and which) earlier search retraining reused. Workers decide reuse each on its own, so one retried
+# after the last search passed tuner.retune_after_days disagrees with the others.
+_SHARED = {"examples_digest": "the examples", "transform_digest": "the transform",
+           "hypermodel_digest": "the model module", "objective": "the objective",
+           "direction": "the objective's direction", "reused_from": "whether to reuse an earlier search"}
+
+
+def merge(parts: list[str | os.PathLike[str]], out: str | os.PathLike[str], config: TunerConfig,
+          workers: int) -> artifact.TuneResult:
+    """One tuning artifact at `out` from the workers' (`parts`, one per worker, any order)."""
+    found: dict[int, tuple[Path, dict]] = {}
+    for part in parts:
+        manifest = artifacts.read_manifest(part, artifacts.TUNING)
+        worker = int(manifest.get("worker", 0))
+        if worker in found or not 0 <= worker < workers or manifest.get("workers", 1) != workers:
+            raise DataError(f"{part}: the result of worker {worker} of {manifest.get('workers', 1)}, which is not "
+                            f"one of the {workers} workers of this search or not the only one of its number")
+        found[worker] = (Path(part), manifest)
+    missing = sorted(set(range(workers)) - set(found))
+    if missing:
+        raise DataError(f"the search has {workers} workers but the results of worker(s) "
+                        f"{', '.join(map(str, missing))} are missing: not merging a smaller search")
+    manifests = [found[worker][1] for worker in range(workers)]
+    first = manifests[0]
+    for fact, what in _SHARED.items():
+        if len({json.dumps(manifest.get(fact), sort_keys=True) for manifest in manifests}) > 1:
+            raise DataError(f"the workers of the search disagree on {what}, so they are not one search; run the "
+                            f"pipeline again without the cache (tunepipe run --no-cache)")
+    if first.get("objective"):
+        # What the workers searched for (the config's objective resolved for the problem).
+        config = config.model_copy(update={"objective": first["objective"], "direction": first["direction"]})
+    inputs = {key: first[key] for key in ("examples", "examples_digest", "transform", "transform_digest",
+                                          "hypermodel", "hypermodel_digest") if key in first}
+    if first.get("reused_from"):
+        # Retraining that reuses an earlier search: every worker wrote the same result.
+        previous = first["reused_from"]
+        best = read_hyperparameters(found[0][0] / artifact.BEST_HYPERPARAMETERS)
+        best_trial = (artifact.BestTrial(previous["best_trial_id"], previous["best_score"])
+                      if previous.get("best_score") is not None else None)
+        return artifact.write(Path(out), config, best, best_trial, [], {}, None,
+                              {**inputs, "reused_from": previous, "workers": workers})
+    trials = [trial for worker in range(workers) for trial in read_records(found[worker][0] / TRIALS_RECORDS)]
+    completed = [trial for trial in trials if trial.status == COMPLETED and trial.score is not None]
+    if not completed:
+        raise DataError(f"none of the {len(trials)} trials of the {workers} workers completed")
+    best = completed[0]
+    for trial in completed[1:]:
+        if objectives.better(trial.score, best.score, config.resolved_direction):
+            best = trial
+    space = json.loads((found[0][0] / artifact.SEARCH_SPACE).read_text())
+    conditions = space.pop("conditions", {})
+    searches = [manifest["search_id"] for manifest in manifests if manifest.get("search_id")]
+    inputs.update(workers=workers, worker_searches=searches)
+    return artifact.write(Path(out), config, best.hyperparameters, artifact.BestTrial(best.label, best.score),
+                          trials, space, None, inputs, conditions)

@@ -1,0 +1,110 @@
+"""A parallel search as the pipeline runs its tasks (`tuner.parallel_trials: 2`): two tune-worker
+tasks and their merge, launched as kfp launches them. On the record it is one search: every trial
+once under the tune run, tagged with its worker; the best over all of them; retraining reuses it."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from components import artifacts
+from components.model import hyperparameters as model
+from components.tune import artifact, trials
+from pipeline import launcher, tags
+from tests.conftest import TaskArtifact
+from tests.tiny_search import tiny_config, trial_runs
+
+WORKERS = 2
+
+
+def run_search(inputs, tmp_path: Path, name: str, tuner: dict, reuse: bool, workers=range(WORKERS)):
+    """The workers' tasks, then the merge's; the merged tuning and the merge's MLflow run."""
+    common = dict(examples=TaskArtifact(str(inputs.examples)), transform=TaskArtifact(str(inputs.transform)),
+                  options=tuner, hypermodel_source="", code_version="test")
+    parts = []
+    for worker in workers:
+        parts.append(TaskArtifact(str(tmp_path / f"{name}-worker-{worker}")))
+        launcher.run_step("tune-worker", **common, work_root=str(tmp_path / "work"), reuse_hyperparameters=reuse,
+                          worker=worker, workers=WORKERS, tuning=parts[-1])
+    tuning = TaskArtifact(str(tmp_path / name))
+    launcher.run_step("tune-merge", **common, worker_tunings=parts, workers=WORKERS, tuning=tuning,
+                      report=TaskArtifact(str(tmp_path / f"{name}-report.html")))
+    found = mlflow.MlflowClient().search_runs([os.environ["MLFLOW_EXPERIMENT_ID"]],
+                                              f"tags.`{tags.output('tuning', 'uri')}` = '{tuning.uri}'")
+    return tuning, found[0]
+
+
+def test_two_workers_are_one_search_on_the_record_and_retraining_reuses_it(penguin_inputs, step_tracking, tmp_path):
+    options = tiny_config(algorithm="random", max_trials=4, parallel_trials=WORKERS).model_dump(
+        mode="json", exclude_none=True)
+    tuning, merge_run = run_search(penguin_inputs, tmp_path, "first", options, reuse=False)
+
+    # The merge is the tune step on the record, and each trial is one run under it, tagged with its worker.
+    assert merge_run.data.tags[tags.STEP] == "tune"
+    assert merge_run.data.tags[tags.TUNING] == "searched" and merge_run.data.metrics["workers"] == WORKERS
+    runs = trial_runs(step_tracking)
+    assert len(runs) == 4
+    assert {run.data.tags[tags.PARENT_RUN] for run in runs} == {merge_run.info.run_id}
+    assert sorted((run.data.tags[tags.WORKER], run.data.tags[tags.TRIAL_ID]) for run in runs) == [
+        ("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    # The best over every worker's trials, as MLflow recorded their scores.
+    best_score = max(run.data.metrics["score"] for run in runs)
+    assert merge_run.data.metrics["best_score"] == pytest.approx(best_score)
+    assert merge_run.data.tags[tags.BEST_TRIAL] in {  # ties go to the lower worker
+        f"{run.data.tags[tags.WORKER]}-{run.data.tags[tags.TRIAL_ID]}" for run in runs
+        if run.data.metrics["score"] == best_score}
+    table = trials.read_table(Path(tuning.path, trials.TRIALS_TABLE))
+    assert {row["tracking_id"] for row in table} == {run.info.run_id for run in runs}
+
+    # Retraining: every worker reuses that search, the merge says so, and no trial runs again.
+    again, reused_run = run_search(penguin_inputs, tmp_path, "second", options, reuse=True)
+    assert reused_run.data.tags[tags.TUNING] == "reused"
+    assert reused_run.data.tags[tags.REUSED_FROM] == merge_run.info.run_id
+    assert len(trial_runs(step_tracking)) == 4
+    assert (model.read_hyperparameters(Path(again.path, artifact.BEST_HYPERPARAMETERS))
+            == model.read_hyperparameters(Path(tuning.path, artifact.BEST_HYPERPARAMETERS)))
+    assert reused_run.data.tags[tags.input("tuning", "digest")] == tuning.metadata["digest"]
+
+
+def test_a_merge_over_a_missing_worker_fails_in_one_line_and_writes_nothing(penguin_inputs, step_tracking, tmp_path,
+                                                                             capsys):
+    options = tiny_config(algorithm="random", max_trials=2, parallel_trials=WORKERS).model_dump(
+        mode="json", exclude_none=True)
+    with pytest.raises(SystemExit) as failed:
+        run_search(penguin_inputs, tmp_path, "partial", options, reuse=False, workers=[0])
+    assert failed.value.code != 0
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "worker(s) 1 are missing" in line and "tune-merge" in line
+    assert not (tmp_path / "partial").exists()
+    assert artifacts.read_manifest(tmp_path / "partial-worker-0", artifacts.TUNING)["worker"] == 0
+
+
+def test_workers_logging_the_same_inputs_at_once_both_record_them():
+    """The workers start together and log the same examples and transform: MLflow's store inserts
+    each dataset it did not find, so one of two inserts fails on the unique key; logging again
+    finds it. Any other failure is not retried."""
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import tracking
+
+    calls = []
+
+    def lost_once():
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+
+    tracking._retrying_a_lost_race(lost_once)
+    assert len(calls) == 2
+
+    def broken():
+        calls.append(1)
+        raise MlflowException("RESOURCE_DOES_NOT_EXIST: run not found")
+
+    calls.clear()
+    with pytest.raises(MlflowException, match="run not found"):
+        tracking._retrying_a_lost_race(broken)
+    assert len(calls) == 1
