@@ -189,14 +189,7 @@ def tune_worker(context: StepContext) -> Outcome:
     What stops it is said of it by name, the worker KFP retries or the run fails with."""
     from components.errors import TunepipeError
 
-    from components.tune.workers import share_cores
-    from pipeline.launcher import SHARED_CORES_ENV
-
     worker, workers = context.parameters["worker"], context.parameters["workers"]
-    if os.environ.get(SHARED_CORES_ENV):
-        cores = int(os.environ[SHARED_CORES_ENV])
-        threads = share_cores(cores, workers)
-        print(f"tune: worker {worker} of {workers} shares this machine's {cores} cores: {threads} thread(s) each")
     try:
         return _search(context, worker, workers)
     except TunepipeError as error:

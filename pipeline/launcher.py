@@ -29,9 +29,6 @@ from pipeline import steps
 from pipeline.tracking import StepRecorder
 
 ERROR_FILE_ENV = "TUNEPIPE_ERROR_FILE"
-# Set by `tunepipe run` (kfp.local): the cores the run's tasks share, as they run on this machine
-# together (on Kubeflow every task is a pod of its own and this is unset).
-SHARED_CORES_ENV = "TUNEPIPE_SHARED_CORES"
 # Arguments that only key kfp's cache (they change when the data or the code do), or that are
 # recorded otherwise (a hypermodel module's text: as a file and a digest): not recorded as params.
 CACHE_KEYS = ("code_version", "data_fingerprint", "hypermodel_source")

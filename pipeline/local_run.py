@@ -139,7 +139,6 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
         summary.mlflow_run_id = parent.info.run_id
         summary.tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
         os.environ[launcher.ERROR_FILE_ENV] = str(error_file)
-        os.environ[launcher.SHARED_CORES_ENV] = str(len(os.sched_getaffinity(0)))
         root_logger.addFilter(progress)
         try:
             with open(log_file, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
@@ -157,7 +156,6 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
             root_logger.setLevel(saved_level)
             root_logger.handlers[:] = saved_handlers
             os.environ.pop(launcher.ERROR_FILE_ENV, None)
-            os.environ.pop(launcher.SHARED_CORES_ENV, None)
             summary.seconds = time.monotonic() - started
         summary.outputs = dict(task.outputs)
         _record_cached_steps(summary)

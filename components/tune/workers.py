@@ -48,21 +48,6 @@ def _part(total: int, worker: int, workers: int) -> int:
     return total // workers + (1 if worker < total % workers else 0)
 
 
-def share_cores(cores: int, workers: int) -> int:
-    """Size this process's thread pools for `workers` searches sharing `cores` (kfp.local runs a
-    parallel search's workers on one machine); the threads each pool gets. Call it before
-    TensorFlow is imported: TensorFlow, oneDNN's OpenMP and Arrow each size their pools to every
-    core of the machine, and N workers doing that slow every trial down (measured in
-    bench/tuning/parallel.py)."""
-    import pyarrow
-
-    threads = max(1, cores // workers)
-    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-        os.environ[variable] = str(threads)
-    pyarrow.set_cpu_count(threads)
-    return threads
-
-
 # What every worker's result must agree on to be one search: the inputs, the objective, and whether
 # (and which) earlier search retraining reused. Workers decide reuse each on its own, so one retried
 # after the last search passed tuner.retune_after_days disagrees with the others.

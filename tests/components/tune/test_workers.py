@@ -2,8 +2,6 @@
 of their results into one search; the workers are real Keras Tuner searches over the penguins."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from components import artifacts
@@ -106,18 +104,3 @@ def test_a_grid_of_fewer_points_than_workers_leaves_the_spare_worker_nothing_to_
     assert [trial.label for trial in merged.trials] == [parts[0].trials[0].label]
     assert merged.best_score == pytest.approx(parts[0].best_score)
 
-
-def test_workers_sharing_a_machine_split_its_cores_among_their_thread_pools(monkeypatch):
-    import pyarrow
-
-    for variable in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS"):
-        monkeypatch.delenv(variable, raising=False)
-    before = pyarrow.cpu_count()
-    try:
-        assert workers.share_cores(8, 3) == 2
-        assert pyarrow.cpu_count() == 2
-        assert {os.environ[name] for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS",
-                                              "OMP_NUM_THREADS")} == {"2"}
-        assert workers.share_cores(2, 4) == 1  # never none
-    finally:
-        pyarrow.set_cpu_count(before)
