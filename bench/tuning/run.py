@@ -9,6 +9,7 @@ same seed and search space; the random and Bayesian searches get as many trials 
 fit in Hyperband's planned epochs.
 
     uv run python bench/tuning/run.py [--out bench/out/tuning] [--rows 8000]
+    uv run python bench/tuning/run.py --parallel [--seeds 3] [--workers 2]   # see parallel.py
 
 Prints Markdown tables (the content of RESULTS.md).
 """
@@ -106,7 +107,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "tuning"))
     parser.add_argument("--rows", type=int, default=8000, help="rows of the generated table")
+    parser.add_argument("--parallel", action="store_true",
+                        help="instead: the same budget over 1 and --workers workers at once (parallel.py)")
+    parser.add_argument("--workers", type=int, default=2, help="with --parallel: the workers of the parallel runs")
+    parser.add_argument("--seeds", type=int, default=3, help="with --parallel: seeds of each search")
     args = parser.parse_args()
+    if args.parallel:
+        import parallel
+
+        out = Path(args.out) if args.out != parser.get_default("out") else ROOT / "bench" / "out" / "tuning-parallel"
+        parallel.main(out, args.seeds, args.workers, args.rows)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     bench_started, load_before = time.perf_counter(), os.getloadavg()[0]
     root = Path(args.out)

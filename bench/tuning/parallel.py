@@ -1,0 +1,194 @@
+"""Parallel trials (`tuner.parallel_trials`): the same search budget run by one worker and by N at
+once, on the generated 8000-row table (generate.py), and a model of the wall time at cluster scale.
+
+Each worker is its own process, started together, as kfp.local starts the tasks of a ParallelFor
+(and Kubeflow its pods); then the merge runs in a process of its own. Wall time is from starting
+the workers to the merge's end, imports included, as a pipeline pays them. The budgets:
+
+- Hyperband (the default): `hyperband_iterations` 2 in one worker against 1 in each of 2 workers;
+- random search: 16 trials of `max_epochs` in one worker against 8 in each of 2.
+
+Each is run with several seeds, so the N=1 scores show the run-to-run spread the N=2 scores are
+compared with.
+
+    uv run python bench/tuning/run.py --parallel [--seeds 3] [--workers 2]
+
+Prints Markdown (the parallel section of RESULTS.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# The generated table's search, as in run.py: bigger batches and a schedule with a third bracket.
+BASE = {"max_epochs": 9, "batch_size": 128}
+BUDGETS = {"hyperband": {"algorithm": "hyperband", "hyperband_iterations": 2},
+           "random": {"algorithm": "random", "max_trials": 16}}
+# The cluster model: a 200-trial random search over N pods, for KFP pod start-ups (scheduling, the
+# image already on the node or pulled) that cannot be measured on this machine.
+CLUSTER_TRIALS = 200
+POD_STARTUPS_S = (10, 60)
+CLUSTER_WORKERS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def worker_main(argv: list[str]) -> None:
+    """One worker (or, with --merge, the merge) in its own process; its timings as JSON on stdout."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--examples")
+    parser.add_argument("--transform")
+    parser.add_argument("--out")
+    parser.add_argument("--work")
+    parser.add_argument("--config")
+    parser.add_argument("--worker", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--merge", nargs="*")
+    args = parser.parse_args(argv)
+    from components.tune.config import TunerConfig
+
+    config = TunerConfig.model_validate(json.loads(args.config))
+    ready = time.time()
+    if args.merge is not None:
+        from components.tune import workers
+
+        result = workers.merge(args.merge, args.out, config, args.workers)
+    else:
+        from components.tune import step as tune
+
+        result = tune.run(args.examples, args.transform, args.out, config, work_dir=args.work, worker=args.worker,
+                          workers=args.workers)
+    print(json.dumps({"ready": ready, "ended": time.time(), "best_score": result.best_score,
+                      "trials": len(result.trials),
+                      "trial_s": [trial.duration_s for trial in result.trials if trial.duration_s]}))
+
+
+def _process(root: Path, *arguments: str) -> subprocess.Popen:
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    log = open(root / f"process-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 (closed with the process)
+    return subprocess.Popen([sys.executable, __file__, "--process", *arguments], cwd=ROOT, env=environment,
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+
+
+def _finished(process: subprocess.Popen) -> dict:
+    out, _ = process.communicate()
+    if process.returncode:
+        raise SystemExit(f"a benchmark process failed (exit {process.returncode}); see its log in the output folder")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def search(examples: Path, transform: Path, root: Path, algorithm: str, workers: int, seed: int) -> dict:
+    """The budget of `algorithm` run by `workers` processes at once, then merged; timings and result."""
+    config = {**BASE, **BUDGETS[algorithm], "seed": seed, "parallel_trials": workers}
+    name = f"{algorithm}-n{workers}-seed{seed}"
+    folder = root / name
+    folder.mkdir(parents=True)
+    started = time.time()
+    if workers == 1:
+        parts = []
+        runs = [_finished(_process(folder, "--examples", str(examples), "--transform", str(transform),
+                                   "--out", str(folder / "tuning"), "--work", str(folder / "work"),
+                                   "--config", json.dumps(config)))]
+        merge = None
+    else:
+        parts = [folder / f"worker-{worker}" for worker in range(workers)]
+        processes = [_process(folder, "--examples", str(examples), "--transform", str(transform), "--out",
+                              str(part), "--work", str(folder / "work"), "--config", json.dumps(config),
+                              "--worker", str(worker), "--workers", str(workers))
+                     for worker, part in enumerate(parts)]
+        runs = [_finished(process) for process in processes]
+        merge = _finished(_process(folder, "--out", str(folder / "tuning"), "--config", json.dumps(config),
+                                   "--workers", str(workers), "--merge", *map(str, parts)))
+    wall = time.time() - started
+    best = merge["best_score"] if merge else runs[0]["best_score"]
+    trials = merge["trials"] if merge else runs[0]["trials"]
+    # What a worker spends outside its trials: the imports, reading the data, writing its result.
+    overheads = [(run["ended"] - started) - sum(run["trial_s"]) for run in runs]
+    return {"algorithm": algorithm, "workers": workers, "seed": seed, "wall_s": wall, "best_score": best,
+            "trials": trials, "trial_s": [seconds for run in runs for seconds in run["trial_s"]],
+            "overhead_s": statistics.median(overheads),
+            # The merge's process, imports included, after the last worker ended.
+            "merge_s": merge["ended"] - max(run["ended"] for run in runs) if merge else 0.0}
+
+
+def cluster_model(per_trial_s: float, overhead_s: float, merge_s: float) -> list[str]:
+    lines = ["| workers N | " + " | ".join(f"wall time, pod start-up {startup} s (min)" for startup in POD_STARTUPS_S)
+             + " | speed-up over N=1 |", "|---:|" + "---:|" * (len(POD_STARTUPS_S) + 1)]
+    for workers in CLUSTER_WORKERS:
+        times = []
+        for startup in POD_STARTUPS_S:
+            worker = startup + overhead_s + math.ceil(CLUSTER_TRIALS / workers) * per_trial_s
+            merge = (startup + merge_s) if workers > 1 else 0.0
+            times.append(worker + merge)
+        serial = POD_STARTUPS_S[0] + overhead_s + CLUSTER_TRIALS * per_trial_s
+        lines.append(f"| {workers} | " + " | ".join(f"{seconds / 60:.1f}" for seconds in times)
+                     + f" | {serial / times[0]:.1f}x |")
+    return lines
+
+
+def main(out: Path, seeds: int, workers: int, rows: int) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import generate
+    from run import prepare
+
+    bench_started, load_before = time.perf_counter(), os.getloadavg()[0]
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    table = generate.write(out / "generated.csv", rows=rows)
+    examples, transform = prepare("generated", {"source": str(table), "label": "label"}, out)
+    runs = [search(examples, transform, out / "runs", algorithm, count, seed)
+            for algorithm in BUDGETS for seed in range(seeds) for count in (1, workers)]
+
+    lines = [f"Measured on {platform.machine()} with {os.cpu_count()} CPU cores shared with other work (1-minute "
+             f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), Python "
+             f"{platform.python_version()}, {seeds} seeds; the whole benchmark took "
+             f"{(time.perf_counter() - bench_started) / 60:.1f} min. Wall time: from starting the workers' processes "
+             f"to the end of the merge's, imports included.", ""]
+    for algorithm, budget in BUDGETS.items():
+        mine = [run for run in runs if run["algorithm"] == algorithm]
+        serial = [run for run in mine if run["workers"] == 1]
+        parallel = [run for run in mine if run["workers"] == workers]
+        lines += [f"### {algorithm}: {json.dumps(budget)} over 1 and {workers} workers", "",
+                  "| seed | N | trials | wall time (s) | best val_accuracy | of which merge (s) |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {run['seed']} | {run['workers']} | {run['trials']} | {run['wall_s']:.0f} | "
+                  f"{run['best_score']:.4f} | {run['merge_s']:.1f} |" for run in mine]
+        one, many = (statistics.median(run["wall_s"] for run in group) for group in (serial, parallel))
+        scores = [run["best_score"] for run in serial]
+        lines += ["", f"Median wall time: N=1 {one:.0f} s, N={workers} {many:.0f} s: **{one / many:.2f}x** faster. "
+                  f"Best val_accuracy: N=1 {min(scores):.4f}-{max(scores):.4f} over the seeds, N={workers} "
+                  f"{min(run['best_score'] for run in parallel):.4f}-"
+                  f"{max(run['best_score'] for run in parallel):.4f}.", ""]
+    random_serial = [run for run in runs if run["algorithm"] == "random" and run["workers"] == 1]
+    per_trial = statistics.median(seconds for run in random_serial for seconds in run["trial_s"])
+    overhead = statistics.median(run["overhead_s"] for run in runs)
+    merge = statistics.median(run["merge_s"] for run in runs if run["workers"] > 1)
+    lines += [f"### Cluster scale: {CLUSTER_TRIALS} random-search trials over N pods (a model)", "",
+              f"T(N) = pod start-up + worker overhead + ceil({CLUSTER_TRIALS}/N) x trial + (N > 1: pod start-up + "
+              f"merge), with this run's medians: a trial of {BASE['max_epochs']} epochs {per_trial:.1f} s, a worker's "
+              f"time outside its trials (imports, data, result) {overhead:.1f} s, the merge {merge:.1f} s; KFP's pod "
+              f"start-up is not measurable here, so two values bracket it.", "", *cluster_model(per_trial, overhead,
+                                                                                               merge)]
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--process"]:
+        sys.path.insert(0, str(ROOT))
+        worker_main(sys.argv[2:])
+    else:
+        parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        parser.add_argument("--out", default=str(ROOT / "bench" / "out" / "tuning-parallel"))
+        parser.add_argument("--seeds", type=int, default=3)
+        parser.add_argument("--workers", type=int, default=2)
+        parser.add_argument("--rows", type=int, default=8000)
+        arguments = parser.parse_args()
+        main(Path(arguments.out), arguments.seeds, arguments.workers, arguments.rows)
