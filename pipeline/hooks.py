@@ -204,8 +204,9 @@ def tune_merge(context: StepContext) -> Outcome:
     record = context.record
     config, workers = _tuner_config(context), context.parameters["workers"]
     if config.workers != workers:
-        raise ConfigError(f"tuner.parallel_trials is {config.parallel_trials} but the pipeline was compiled with "
-                          f"{workers} tune workers: compile it again with the config it runs")
+        raise ConfigError(f"the tuner config runs {config.workers} tune worker(s) (tuner.parallel_trials "
+                          f"{config.parallel_trials}, enabled {str(config.enabled).lower()}) but the pipeline was "
+                          f"compiled with {workers}: compile it again with the config it runs")
     parts = [part.path for part in context.artifacts[steps.WORKER_TUNINGS]]
     out = context.path(artifacts.TUNING)
     result = context.component(parts, out, config, workers)

@@ -69,12 +69,15 @@ def grid_points(space: list[tuple[str, list[Any], list[tuple[str, list[Any]]]]],
     return count(0, {})
 
 
-def grid_assignments(space: list[tuple[str, list[Any], list[tuple[str, list[Any]]]]]) -> list[dict[str, Any]]:
-    """Every point of the grid (see `grid_points`), each as the values of its active hyperparameters,
-    in a stable order."""
+def grid_assignments(space: list[tuple[str, list[Any], list[tuple[str, list[Any]]]]],
+                     limit: int) -> list[dict[str, Any]]:
+    """The first `limit` points of the grid (see `grid_points`), each as the values of its active
+    hyperparameters, in a stable order; the walk stops there, however large the grid."""
     found: list[dict[str, Any]] = []
 
     def walk(index: int, assignment: dict[str, Any]) -> None:
+        if len(found) >= limit:
+            return
         if index == len(space):
             found.append(assignment)
             return

@@ -331,7 +331,7 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
         expected = _grid(declared, whole)
         if workers > 1:
             # A shard of the grid: the points dealt to this worker, tried in order by an oracle of our own.
-            points = grid_assignments(_grid_space(declared))[:whole.max_trials][worker::workers]
+            points = grid_assignments(_grid_space(declared), whole.max_trials)[worker::workers]
             expected = len(points)
             print(f"tune: worker {worker} of {workers} tries {expected} of them")
             if not points:  # a grid of fewer points than workers: this one has nothing to try

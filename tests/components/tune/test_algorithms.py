@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from components.errors import ConfigError
-from components.tune.algorithms import ALGORITHMS, grid_points, hyperband_bracket_sizes
+from components.tune.algorithms import ALGORITHMS, grid_assignments, grid_points, hyperband_bracket_sizes
 from components.tune.config import TunerConfig
 from pipeline import config
 
@@ -77,3 +77,10 @@ def test_a_grid_needs_steps_and_says_which_range_lacks_one():
     grid = config.from_dict({"data": {"source": "x.csv", "label": "y"},
                              "tuner": {"algorithm": "grid", "search_space": space}}).tuner
     assert grid.search_space.branch("mlp")["units"].grid_values("units") == [8, 16, 32]
+
+
+def test_a_huge_grid_is_dealt_from_its_first_points_without_listing_it():
+    space = [(f"h{index}", list(range(10)), []) for index in range(12)]  # 10**12 points
+    first = grid_assignments(space, 5)
+    assert len(first) == 5 and first[0] == {f"h{index}": 0 for index in range(12)}
+    assert [point["h11"] for point in first] == [0, 1, 2, 3, 4]
