@@ -1,13 +1,17 @@
 """The resolve-source step: which files a run reads, and a fingerprint of them.
 
-A source is a path, glob or URI (local, gs://, s3://: Beam's filesystems list it), optionally with
+A source is a path, glob or URI (local: the standard library lists it; gs://, s3://, ...: Beam's
+filesystems do, imported only for them), optionally with
 a span placeholder (`components.spans`): then the newest `data.span_window` spans are chosen. The
 fingerprint (names, sizes, modification times) is what lets the ingest step's cache see new data
 under the same pattern (kubeflow/pipelines#3432), so this step is never cached itself.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -40,20 +44,39 @@ class ResolvedSource:
 
 def match(source: str) -> list[SourceFile]:
     """The files a path, glob or URI names, sorted; DataError when there are none."""
+    files = _match_remote(source) if "://" in source else _match_local(source)
+    if not files:
+        if _is_pattern(source):
+            raise DataError(f"the data source pattern {source} matches no files")
+        raise DataError(f"the data source {source} does not exist")
+    return sorted(files, key=lambda f: f.path)
+
+
+def _is_pattern(source: str) -> bool:
+    return any(char in source for char in "*?[")
+
+
+def _match_local(source: str) -> list[SourceFile]:
+    path = source.removeprefix("file://")
+    try:
+        names = glob.glob(path) if _is_pattern(path) else [path] if os.path.exists(path) else []
+        found = [(name, os.stat(name)) for name in names]
+    except OSError as error:
+        raise DataError(f"cannot list the data source {source}: {error.strerror}") from None
+    return [SourceFile(os.path.abspath(name), status.st_size, status.st_mtime)
+            for name, status in found if stat.S_ISREG(status.st_mode)]
+
+
+def _match_remote(source: str) -> list[SourceFile]:
     from apache_beam.io.filesystems import FileSystems
 
     try:
         results = FileSystems.match([source])
     except Exception as error:  # Beam raises its own BeamIOError with a nested dict of causes
         raise DataError(f"cannot list the data source {source}: {error}") from None
-    files = [SourceFile(m.path, m.size_in_bytes, m.last_updated_in_seconds)
-             for result in results for m in result.metadata_list
-             if not m.path.endswith("/")]
-    if not files:
-        if any(char in source for char in "*?["):
-            raise DataError(f"the data source pattern {source} matches no files")
-        raise DataError(f"the data source {source} does not exist")
-    return sorted(files, key=lambda f: f.path)
+    return [SourceFile(m.path, m.size_in_bytes, m.last_updated_in_seconds)
+            for result in results for m in result.metadata_list
+            if not m.path.endswith("/")]
 
 
 def resolve(source: str, span_window: int = 1, spans: Sequence[str] | None = None) -> ResolvedSource:
