@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from typing import Any
 from components import artifacts
 from components.errors import TunepipeError
 from components.section import Section
-from pipeline import steps
+from pipeline import progress, step_server, steps
 from pipeline.tracking import StepRecorder
 
 ERROR_FILE_ENV = "TUNEPIPE_ERROR_FILE"
@@ -124,8 +125,37 @@ def _section(key: str, parameter: str, parameters: dict[str, Any]) -> Section:
     return config.section(steps.SECTIONS[key], raw, f"{key} parameter")
 
 
+def process_age() -> float:
+    """Seconds since this process started (Linux /proc; 0 where it cannot be read)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as handle:
+            started_ticks = int(handle.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime", encoding="ascii") as handle:
+            uptime = float(handle.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return max(0.0, uptime - started_ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def run_step(name: str, **arguments: Any) -> Any:
-    """Run the step `name` of the registry with the kfp task's `arguments`; its hook's return value."""
+    """Run the step `name` of the registry with the kfp task's `arguments`; its hook's return value.
+    Under `tunepipe run` the work runs in a fork of the run's warm server (`pipeline.step_server`),
+    else here. Its last line on stdout says how long the task took to start and its work took."""
+    startup, began = process_age(), time.monotonic()
+    try:
+        server = os.environ.get(step_server.ENV)
+        if server:
+            try:
+                return step_server.submit(server, name, arguments)
+            except step_server.Unavailable:
+                pass  # the run's server is gone: the step runs here, as it does on Kubeflow
+        return run_here(name, arguments)
+    finally:
+        progress.timing(name, startup, time.monotonic() - began)
+
+
+def run_here(name: str, arguments: dict[str, Any]) -> Any:
+    """Run the step `name` in this process."""
     from pipeline import tracking
 
     step = steps.BY_NAME[name]

@@ -2,8 +2,9 @@
 
 kfp.local's SubprocessRunner (in this Python environment, `use_venv=False`) runs each task as a
 subprocess, with kfp.local's caching on unless `--no-cache`. The tasks' own output (Beam, MLflow,
-TensorFlow) goes to a log file; the terminal shows which step is running, whether it ran or came
-from the cache, and a summary per step at the end.
+TensorFlow) goes to a log file; the terminal shows which step is running, the steps' progress lines
+(`pipeline.progress`: each trial, epoch, rows evaluated), whether a step ran or came from the cache,
+and a summary per step at the end.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from components.errors import TunepipeError
-from pipeline import dag, launcher, steps, tags, tracking
+from pipeline import dag, launcher, progress, step_server, steps, tags, tracking
 from pipeline.config import PipelineConfig
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -102,8 +103,6 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
         warm_start: bool = False) -> RunSummary:
     """Run the whole pipeline for `config` with kfp.local and return what happened (the last two:
     see `dag.pipeline_arguments`)."""
-    from kfp import local
-
     console = console or Console(stderr=True)
     output_root = Path(config.output_root).resolve()
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -111,6 +110,21 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"run-{stamp}.log"
     error_file = log_dir / f"run-{stamp}.errors.jsonl"
+    # The steps' warm server starts first: it imports while the run gets ready.
+    with step_server.started(log_dir / f"run-{stamp}.server.log") as server:
+        os.environ[step_server.ENV] = server.address
+        try:
+            return _run(config, code_version, use_cache, force_push, console, reuse_hyperparameters, warm_start,
+                        output_root, stamp, log_file, error_file, server)
+        finally:
+            os.environ.pop(step_server.ENV, None)
+
+
+def _run(config: PipelineConfig, code_version: str, use_cache: bool, force_push: bool, console: Console,
+         reuse_hyperparameters: bool, warm_start: bool, output_root: Path, stamp: str, log_file: Path,
+         error_file: Path, server: step_server.Server) -> RunSummary:
+    from kfp import local
+
     statuses = {step.name: StepStatus(step.name) for step in steps.active(config.tuner.workers)}
     summary = RunSummary(statuses, log_file=log_file, parallel_trials=config.tuner.workers)
 
@@ -124,7 +138,7 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     import mlflow  # noqa: F401
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-    progress = _Progress(statuses, console)
+    follow = _Progress(statuses, console)
     root_logger = logging.getLogger()
     # kfp.local reports cache hits at INFO on the root logger outside its own logging context;
     # for the run, the root logger writes to the log file only.
@@ -138,10 +152,14 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
                               run_name=f"{config.name}-{stamp}") as parent:
         summary.mlflow_run_id = parent.info.run_id
         summary.tracking_uri = os.environ["MLFLOW_TRACKING_URI"]
+        server.open_store(summary.tracking_uri)
         os.environ[launcher.ERROR_FILE_ENV] = str(error_file)
-        root_logger.addFilter(progress)
+        root_logger.addFilter(follow)
         try:
-            with open(log_file, "w", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+            with open(log_file, "w", encoding="utf-8") as log, \
+                    contextlib.redirect_stdout(progress.Tee(log, lambda line: console.print(f"  {line}",
+                                                                                            markup=False,
+                                                                                            highlight=False))), \
                     warnings.catch_warnings():
                 root_logger.handlers[:] = [logging.StreamHandler(log)]
                 # The project image's name has no 'python' in it; kfp.local warns about that.
@@ -152,7 +170,7 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
                 raise
             raise _error_from_steps(error_file, log_file) from None
         finally:
-            root_logger.removeFilter(progress)
+            root_logger.removeFilter(follow)
             root_logger.setLevel(saved_level)
             root_logger.handlers[:] = saved_handlers
             os.environ.pop(launcher.ERROR_FILE_ENV, None)

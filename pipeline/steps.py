@@ -97,6 +97,9 @@ class Step:
     # The step whose Kubeflow resources and retries it takes unless it has its own: every worker
     # of a parallel search is a pod like the tune step's, with its GPU.
     part_of: str | None = None
+    # The heavy libraries its work imports: the warm server of `tunepipe run` (pipeline.step_server)
+    # imports them once, so that the next steps needing them start without paying the import.
+    libraries: tuple[str, ...] = ()
 
     @property
     def recorded_name(self) -> str:
@@ -200,23 +203,29 @@ def _push_summary(facts: Facts) -> str:
 
 # --- the steps, in the order they run --------------------------------------------------------------
 
+_BEAM = ("apache_beam", "pyarrow", "pandas")
+_KERAS = ("tensorflow", "keras", "keras_tuner")
+
 STEPS: tuple[Step, ...] = (
     Step("resolve-source", "components.source:resolve", "pipeline.hooks:resolve_source", _source_summary,
          sections={"data": "data"},
          cacheable=False),
     Step("ingest", "components.ingest.step:run", "pipeline.hooks:ingest", _ingest_summary,
          sections={"data": "data", "beam": "beam"},
-         outputs=(artifacts.EXAMPLES,)),
+         outputs=(artifacts.EXAMPLES,),
+         libraries=_BEAM),
     Step("preprocess", "components.preprocess.step:run", "pipeline.hooks:preprocess", _preprocess_summary,
          sections={"options": "preprocess", "beam": "beam"},
          inputs=(artifacts.EXAMPLES,),
-         outputs=(artifacts.TRANSFORM,)),
+         outputs=(artifacts.TRANSFORM,),
+         libraries=_BEAM),
     Step("tune", "components.tune.step:run", "pipeline.hooks:tune", _tune_summary,
          sections={"options": "tuner"},
          inputs=(artifacts.EXAMPLES, artifacts.TRANSFORM),
          outputs=(artifacts.TUNING,),
          volumes=(WORK_VOLUME,),
-         parallel=False),
+         parallel=False,
+         libraries=_KERAS),
     # tuner.parallel_trials > 1: N workers in a ParallelFor, each its share of the search, and their merge.
     Step("tune-worker", "components.tune.step:run", "pipeline.hooks:tune_worker", _worker_summary,
          sections={"options": "tuner"},
@@ -224,18 +233,21 @@ STEPS: tuple[Step, ...] = (
          outputs=(artifacts.TUNING,),
          volumes=(WORK_VOLUME,),
          parallel=True,
-         part_of="tune"),
+         part_of="tune",
+         libraries=_KERAS),
     Step("tune-merge", "components.tune.workers:merge", "pipeline.hooks:tune_merge", _tune_summary,
          sections={"options": "tuner"},
          inputs=(artifacts.EXAMPLES, artifacts.TRANSFORM, WORKER_TUNINGS),
          outputs=(artifacts.TUNING,),
          parallel=True,
-         records_as="tune"),
+         records_as="tune",
+         libraries=_KERAS),
     Step("train", "components.train.step:run", "pipeline.hooks:train", _train_summary,
          sections={"options": "training", "tuner": "tuner"},
          inputs=(artifacts.EXAMPLES, artifacts.TRANSFORM, artifacts.TUNING),
          outputs=(artifacts.MODEL,),
-         volumes=(SERVING_VOLUME,)),
+         volumes=(SERVING_VOLUME,),
+         libraries=_KERAS),
     Step("resolve-baseline", "components.resolve_baseline:run", "pipeline.hooks:resolve_baseline", _baseline_summary,
          outputs=(BASELINE,),
          cacheable=False,
@@ -244,7 +256,8 @@ STEPS: tuple[Step, ...] = (
          sections={"options": "evaluation", "beam": "beam"},
          inputs=(artifacts.EXAMPLES, artifacts.MODEL, BASELINE),
          outputs=(artifacts.EVALUATION,),
-         volumes=(SERVING_VOLUME,)),
+         volumes=(SERVING_VOLUME,),
+         libraries=(*_BEAM, "tensorflow", "tensorflow_model_analysis")),
     Step("push", "components.push:run", "pipeline.hooks:push", _push_summary,
          inputs=(artifacts.MODEL, artifacts.EVALUATION),
          outputs=(PUSHED,),
