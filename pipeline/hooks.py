@@ -271,12 +271,17 @@ def evaluate(context: StepContext) -> Outcome:
     """TFMA, the blessing, and what the KFP UI shows of them. Returns whether to push: blessed, or
     `force_push`."""
     from components import push, resolve_baseline
-    from components.evaluate import blessing, report
-    from components.evaluate.step import CONFUSION_MATRIX
+    from components.evaluate import unchanged
 
     baseline = resolve_baseline.read(context.path("baseline"))
     if baseline:
         context.record.inputs({"baseline": (baseline, push.served_digest(baseline) or "")})
+    served = unchanged.served_as(context.path(artifacts.MODEL), baseline)
+    if served:
+        return _unchanged(context, served)
+    from components.evaluate import blessing, report
+    from components.evaluate.step import CONFUSION_MATRIX
+
     evaluation = context.path(artifacts.EVALUATION)
     result = context.component(context.path(artifacts.EXAMPLES), context.path(artifacts.MODEL), evaluation,
                                context.config["evaluation"], context.config["beam"], baseline=baseline)
@@ -287,10 +292,8 @@ def evaluate(context: StepContext) -> Outcome:
         with open(matrix_file, encoding="utf-8") as handle:
             matrix = json.load(handle)
         confusion.log_confusion_matrix(matrix["categories"], matrix["matrix"])
-    else:  # a regression: no matrix, but kfp.local's cache counts an output without its file as missing
-        os.makedirs(os.path.dirname(confusion.path), exist_ok=True)
-        with open(confusion.path, "w", encoding="utf-8") as handle:
-            handle.write("{}\n")
+    else:  # a regression
+        _no_matrix(confusion)
     _show(context, os.path.join(evaluation, report.REPORT))
     lines = report.summary_lines(result)
     for line in lines:
@@ -304,11 +307,37 @@ def evaluate(context: StepContext) -> Outcome:
                    returns=result.blessed or context.parameters["force_push"])
 
 
+def _no_matrix(confusion: Any) -> None:
+    """No confusion matrix, but kfp.local's cache counts an output without its file as missing."""
+    os.makedirs(os.path.dirname(confusion.path), exist_ok=True)
+    with open(confusion.path, "w", encoding="utf-8") as handle:
+        handle.write("{}\n")
+
+
+def _unchanged(context: StepContext, served: str) -> Outcome:
+    """The candidate is the model in production: no TFMA, no push (unless forced, and then push
+    finds it already served); the evaluation says so, and the run records which version it is."""
+    from components.evaluate import unchanged
+    from components.evaluate.report import REPORT
+
+    evaluation = context.path(artifacts.EVALUATION)
+    digest = unchanged.write(evaluation, context.path(artifacts.MODEL), served)
+    log_kfp_metrics(context.artifacts["metrics"], {})
+    _show(context, os.path.join(evaluation, REPORT))
+    _no_matrix(context.artifacts["confusion_matrix"])
+    print(f"evaluate: {unchanged.reason(served)}")
+    return Outcome(digests={artifacts.EVALUATION: digest},
+                   facts={"blessed": False, "unchanged": True, "summary": unchanged.reason(served), "baseline": served,
+                          "reason": unchanged.reason(served)},
+                   tags={tags.BLESSED: tags.flag(False), tags.UNCHANGED: served},
+                   returns=context.parameters["force_push"])
+
+
 def push(context: StepContext) -> Outcome:
     """A blessed (or forced) model into the serving directory, then into the registry."""
     import dataclasses
 
-    from components.evaluate.step import BLESSING
+    from components.evaluate.blessing import FILE as BLESSING
     from components.push import write_result
     from pipeline import registry
 

@@ -225,7 +225,9 @@ def print_summary(summary: RunSummary, console: Console) -> None:
         if step.name == "push" and step.name not in facts:
             state = "skipped"
             evaluation = summary.outputs.get("evaluation")
-            result = "not blessed: " + str(evaluation.metadata.get("reason", "")) if evaluation else ""
+            reason = str(evaluation.metadata.get("reason", "")) if evaluation else ""
+            result = reason if evaluation and evaluation.metadata.get("unchanged") else "not blessed: " + reason
+            result = result if evaluation else ""
         seconds = f"{status.seconds:.1f} s" if status.state == "ran" else "-"
         table.add_row(step.name, state, seconds, result)
     console.print(table)

@@ -185,6 +185,8 @@ def _baseline_summary(facts: Facts) -> str:
 
 
 def _evaluate_summary(facts: Facts) -> str:
+    if facts.tags.get(tags.UNCHANGED):
+        return f"the candidate is the model in production ({facts.tags[tags.UNCHANGED]}): not evaluated again"
     headline = _headline(facts)
     if headline is None:
         return ""

@@ -75,6 +75,8 @@ BASELINE_SOURCE = "tunepipe.baseline.source"
 
 # evaluate
 BLESSED = "tunepipe.blessed"
+# The served version the candidate already is (an unchanged rerun): evaluate and push not repeated.
+UNCHANGED = "tunepipe.evaluation.unchanged"
 
 # push
 PUSHED = "tunepipe.push.pushed"

@@ -102,14 +102,19 @@ def test_pipeline_tunes_pushes_caches_refuses_worse_and_pushes_better(tmp_path):
     assert production.source == str(serving / "penguins" / "1")
     assert production.run_id == runs["train"].info.run_id
 
-    # 2. Nothing changed: the data and training steps come from kfp's cache; the model is already served.
+    # 2. Nothing changed: the data and training steps come from kfp's cache; the candidate is the model
+    # in production, so evaluate does not run TFMA again and push does not run; lineage says so.
     second = tunepipe("run", "--config", str(config), cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert step_states(second.stderr) == {"resolve-source": "ran", "ingest": "cached", "preprocess": "cached",
                                           "tune": "cached", "train": "cached", "resolve-baseline": "ran",
-                                          "evaluate": "ran", "push": "ran"}
-    assert "already served as version 1" in table_row(second.stderr, "push")
+                                          "evaluate": "ran"}
+    assert "not evaluated again" in table_row(second.stderr, "evaluate")
+    assert "skipped" in table_row(second.stderr, "push")
     assert resolve_baseline.serving_versions(serving, "penguins") == [1]
+    rerun = client.search_runs([runs["train"].info.experiment_id], "tags.`tunepipe.step` = 'evaluate'",
+                               order_by=["attributes.start_time DESC"], max_results=1)[0]
+    assert rerun.data.tags["tunepipe.evaluation.unchanged"] == str(serving / "penguins" / "1")
 
     # 3. A worse candidate (one epoch) is not blessed against version 1: nothing pushed, alias untouched.
     worse = write_config(tmp_path, "worse.yaml", training={"epochs": 1})

@@ -35,6 +35,9 @@ from components.evaluate import metrics as metric_table
 from components.evaluate.config import EvaluationConfig
 from components.problem import REGRESSION
 
+# The verdict file of an evaluation artifact.
+FILE = "blessing.json"
+
 CANDIDATE = "candidate"
 BASELINE = "baseline"
 OVERALL = "overall"
