@@ -116,7 +116,7 @@ def _search(context: StepContext, worker: int = 0, workers: int = 1) -> Outcome:
     best hyperparameters of the last search over the same space unless it is older than
     `tuner.retune_after_days`."""
     from components.tune import reuse
-    from pipeline import trial_tracking
+    from pipeline import step_progress, trial_tracking
 
     record = context.record
     examples, transform, out = (context.path(name) for name in (artifacts.EXAMPLES, artifacts.TRANSFORM,
@@ -138,8 +138,10 @@ def _search(context: StepContext, worker: int = 0, workers: int = 1) -> Outcome:
                              {"worker": worker, "workers": workers} if shard else None)
         record.inputs({artifacts.TUNING: (previous.tuning_uri, previous.tuning_digest)})
     else:
-        observer = (trial_tracking.MlflowTrials(record.run_id, config.objective, worker if shard else None)
-                    if record.enabled else None)
+        tracked = (trial_tracking.MlflowTrials(record.run_id, config.objective, worker if shard else None)
+                   if record.enabled else None)
+        observer = step_progress.Observers(tracked, step_progress.TrialProgress(step_progress.step_label(worker,
+                                                                                                        workers)))
         result = context.component(examples, transform, out, config, observer, work_dir=work_dir,
                                    hypermodel_source=source, worker=worker, workers=workers)
     return _tune_outcome(context, config, source, result, previous.run_id if reused else None, why,
@@ -223,16 +225,24 @@ def tune_merge(context: StepContext) -> Outcome:
 
 def train(context: StepContext) -> Outcome:
     """The best hyperparameters, early stopping, the exported SavedModel; starting from the weights
-    of the served model at `warm_start` when it is given and they fit."""
+    of the served model at `warm_start` when it is given and they fit. Each epoch is a progress line
+    (and a step of the run's metrics when tracking is on)."""
     from components import push
-    from pipeline import trial_tracking
+    from components.train import early_stopping
+    from components.transform import Transform
+    from pipeline import step_progress, trial_tracking
 
     record = context.record
     warm_start = context.parameters["warm_start"] or None
     if warm_start:
         record.inputs({"warm_start": (warm_start, push.served_digest(warm_start) or "")})
     training, model = context.config["training"], context.path(artifacts.MODEL)
-    epochs = trial_tracking.epoch_logger(record.run_id) if record.enabled else None
+    monitor = training.resolved_monitor
+    min_delta = early_stopping.min_delta(monitor, training.early_stopping_min_delta,
+                                         Transform.read(context.path(artifacts.TRANSFORM)).label_std)
+    epochs = step_progress.epochs_to(
+        step_progress.EpochProgress(training.epochs, monitor, min_delta, training.early_stopping_patience),
+        trial_tracking.epoch_logger(record.run_id) if record.enabled else None)
     result = context.component(context.path(artifacts.EXAMPLES), context.path(artifacts.TRANSFORM), model, training,
                                hyperparameters=context.path(artifacts.TUNING), warm_start=warm_start,
                                search_space=context.config["tuner"].search_space, epoch_observer=epochs,

@@ -13,6 +13,10 @@ class TrainingConfig(Section):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(32, ge=1)
     early_stopping_patience: int = Field(10, ge=1)
+    # An epoch improves on the best only by at least this much of the monitored metric, absolute: nats
+    # of cross-entropy, a fraction of accuracy, a standardized label's units (components.train.early_stopping).
+    # Without it a classifier that gets every eval row right trains on while its loss creeps towards 0.
+    early_stopping_min_delta: float = Field(0.001, ge=0, lt=1)
     # Early stopping watches this metric on the eval split and restores the weights of its best epoch:
     # any metric the model logs (components.problem); a loss or an error is minimised.
     monitor: str = "val_loss"

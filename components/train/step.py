@@ -14,7 +14,8 @@ to `<serving_dir>/<model>/<version>/` gives TF Serving's layout:
     history.csv             per-epoch train and eval metrics
     _manifest.json          written last
 
-Warm starts are `components.train.warm_start`, the export `components.train.export`.
+Warm starts are `components.train.warm_start`, the export `components.train.export`, when training
+stops `components.train.early_stopping`.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from components import artifacts, objectives
+from components import artifacts
 from components import problem as problems
 from components.errors import DataError, TunepipeError
 from components.model import data, hypermodel, network
@@ -43,6 +44,7 @@ from components.model.hyperparameters import (
 from components.model.hypermodel import HypermodelSource
 from components.model.space import SearchSpaceConfig
 from components.serving import FEATURES_FILE, LABEL_VOCABULARY, RAW_SIGNATURE, SERVING_SIGNATURE
+from components.train import early_stopping as stopping
 from components.train.config import TrainingConfig
 from components.train.export import export_saved_model, features_document
 from components.train.warm_start import KERAS_MODEL, warm_start_from
@@ -160,10 +162,9 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
 
     train_split = data.dataset(examples, "train", loaded, config.batch_size, shuffle=True, seed=config.seed)
     eval_split = data.dataset(examples, "eval", loaded, config.batch_size)
-    mode = objectives.direction(config.resolved_monitor)
-    early_stopping = keras.callbacks.EarlyStopping(monitor=config.resolved_monitor, mode=mode,
-                                                   patience=config.early_stopping_patience,
-                                                   restore_best_weights=True)
+    early_stopping = stopping.callback(config.resolved_monitor, config.early_stopping_patience,
+                                       stopping.min_delta(config.resolved_monitor, config.early_stopping_min_delta,
+                                                          loaded.label_std))
     started = time.monotonic()
     with network.expected_warnings():
         # shuffle=False: the dataset shuffles itself (Keras cannot shuffle a stream and warns if asked).

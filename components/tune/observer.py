@@ -1,4 +1,5 @@
-"""What the search tells whoever records it: a trial began, an epoch ended, a trial ended.
+"""What the search tells whoever records it: what it will run, a trial began, an epoch ended, a
+trial ended.
 
 The tune step knows nothing of the tracking store. It reports each trial's life to the observer it
 is given; `pipeline.trial_tracking` is the observer that turns those events into nested MLflow
@@ -47,12 +48,26 @@ class TrialEnd:
         return trial_label(self.trial_id, self.worker)
 
 
+@dataclass(frozen=True)
+class SearchPlan:
+    """What a search (or a worker's share of one) is about to run, said once its tuner is loaded."""
+
+    expected_trials: int  # every trial it is expected to run, those a resumed search finished included
+    finished: list[TrialEnd]  # the trials a resumed search finished before this attempt (not run again)
+    objective: str
+    direction: str  # max or min
+
+
 class TrialObserver:
     """Receives a search's events; every method may be left as it is."""
 
     def search_began(self, search_id: str) -> None:
         """A search starts or resumes. `search_id` names it across attempts: a resumed search has
         the id of the attempt it continues."""
+
+    def search_planned(self, plan: SearchPlan) -> None:
+        """The tuner is loaded and the first trial is about to run: how many trials the search is
+        expected to run and which a resumed search has finished already."""
 
     def trial_began(self, trial: TrialStart) -> str | None:
         """A trial starts training. Returns the observer's id for it (e.g. its tracking run), kept

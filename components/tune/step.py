@@ -3,8 +3,8 @@ search space in the config, every trial reported to an observer as it begins, tr
 
 Each trial is followed by hooks in the tuner itself (`RecordingTuner`), not by reading results
 afterwards: a record file beside Keras Tuner's own `trial.json` (`components.tune.trials`), a
-progress line in the log, TensorBoard logs, and the observer's events (`components.tune.observer`;
-the pipeline records them as nested MLflow runs).
+line in the log, TensorBoard logs, and the observer's events (`components.tune.observer`; the
+pipeline records them as nested MLflow runs and shows a progress line per trial).
 
 The search is resumable. Keras Tuner keeps its state in a project directory under `work_dir`, named
 by the config and the input digests; after a kill, running the step again reloads it: finished
@@ -35,7 +35,7 @@ from components.tune.algorithms import ALGORITHMS, grid_assignments, grid_points
 from components.tune.config import TunerConfig
 from components.tune.report import conditions_of
 from components.tune.workers import shard
-from components.tune.observer import COMPLETED, FAILED, INVALID, TrialObserver
+from components.tune.observer import COMPLETED, FAILED, INVALID, SearchPlan, TrialObserver
 
 log = logging.getLogger("tunepipe.tune")
 
@@ -66,6 +66,7 @@ class _Progress:
             if trial.status == COMPLETED and trial.score is not None:
                 self._keep_best(trial.score, trial.label)
         self.reconcile(tuner)
+        self.observer.search_planned(SearchPlan(self.expected_trials, finished, self.objective, self.direction))
 
     def reconcile(self, tuner) -> None:
         recorded = self.observer.reconcile(trials.finished(tuner, self.worker))

@@ -101,8 +101,13 @@ def test_every_epoch_is_reported_with_its_train_and_eval_metrics(trained):
     result, epochs = trained
     assert [epoch for epoch, _ in epochs] == list(range(result.epochs_trained))
     assert all({"loss", "accuracy", "val_loss", "val_accuracy"} <= set(logs) for _, logs in epochs)
-    best = min(epochs, key=lambda item: item[1]["val_loss"])
-    assert best[0] + 1 == result.best_epoch  # early stopping restored the best epoch's weights
+    # Early stopping kept the weights of the epoch no later one beat by training.early_stopping_min_delta,
+    # and stopped `patience` epochs after it.
+    losses = [logs["val_loss"] for _, logs in epochs]
+    best = losses[result.best_epoch - 1]
+    assert all(loss >= best - TRAINING.early_stopping_min_delta for loss in losses[result.best_epoch:])
+    if result.epochs_trained < TRAINING.epochs:
+        assert result.epochs_trained == result.best_epoch + TRAINING.early_stopping_patience
 
 
 def test_serving_default_takes_serialized_examples_and_matches_the_keras_model(trained, penguin_inputs):
