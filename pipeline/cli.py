@@ -6,6 +6,7 @@ them, so `tunepipe --help` answers at once.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -124,10 +125,14 @@ def compile_pipeline(config_file, data, label, output_root, runner, image, outpu
     from pipeline import dag, steps, version
 
     cfg = _load_config(config_file, data, label, output_root, runner)
+    required = dag.machine_paths(cfg, *([Path(config_file).parent] if config_file else []))
     pipeline_function = dag.create_pipeline(cfg, image=image or dag.DEFAULT_IMAGE,
-                                             code_version=version.code_version())
+                                             code_version=version.code_version(), required=required)
     compiler.Compiler().compile(pipeline_function, package_path=output)
     click.echo(f"compiled pipeline {cfg.name!r} ({len(steps.active(cfg.tuner.workers))} steps) to {output}")
+    if required:
+        click.echo(f"  {', '.join(required)}: paths of this machine, left out of the package; give them to a run "
+                   f"(e.g. tunepipe submit --param {required[0]}=...)")
 
 
 def _register_commands() -> None:

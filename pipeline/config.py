@@ -60,6 +60,15 @@ class PipelineConfig(Section):
             return {**raw, "name": name_of_source(raw["data"]["source"])}
         return raw
 
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_password_in_the_uri(cls, value: str | None) -> str | None:
+        # It would reach every step's environment, the compiled package and the logs.
+        if value and "://" in value and "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            raise ValueError("must not hold a user or password: set MLFLOW_TRACKING_USERNAME and "
+                             "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment instead")
+        return value
+
     @field_validator("model_name")
     @classmethod
     def _model_name_is_a_path_segment(cls, value: str | None) -> str | None:
@@ -129,7 +138,8 @@ def _describe(error: ValidationError, origin: str, model: type[BaseModel] = None
         else:
             message = item["msg"].removeprefix("Value error, ")
             shown = item.get("input")
-            suffix = "" if isinstance(shown, dict) else f" (got {shown!r})"
+            # A tracking URI may hold a password: it is never repeated.
+            suffix = "" if isinstance(shown, dict) or loc[-1:] == ("tracking_uri",) else f" (got {shown!r})"
             problems.append(f"{_format_location(loc)}: {message}{suffix}")
     return f"{origin}: " + "; ".join(problems)
 

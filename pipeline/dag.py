@@ -15,7 +15,9 @@ result: the config section the step reads, the Beam options, a fingerprint of th
 (new files under the same path are a new input) and the code version.
 """
 
+import inspect
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any, List, NamedTuple  # kfp reads List[Artifact], not list[...]
 
 from kfp import dsl
@@ -214,16 +216,43 @@ def _mount_volumes(task, step: steps.Step, config: PipelineConfig) -> None:
         kubernetes.mount_pvc(task, pvc_name=volume.pvc, mount_path=volume.mount_path)
 
 
-def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_version: str = ""):
-    """The kfp pipeline for `config`; its parameters default to the config's values."""
+# The pipeline parameters that are paths: on a cluster, a default that is a path of the compiling
+# machine means nothing to a pod, and tells whoever reads the package about that machine.
+PATH_PARAMETERS = ("source", "work_root", "serving_dir")
+
+
+def machine_paths(config: PipelineConfig, *directories: str | Path) -> list[str]:
+    """The path parameters whose value is a path of this machine: under its home, working or
+    temporary directory or one of `directories` (the config file's), on none of the Kubeflow volumes."""
+    import tempfile
+
+    arguments = pipeline_arguments(config, "")
+    mounts = [volume.mount_path for volume in (config.kubeflow.volumes.serving, config.kubeflow.volumes.work)
+              if volume is not None]
+    here = {str(Path.home()), str(Path.cwd()), tempfile.gettempdir(),
+            *(str(Path(path).resolve()) for path in directories)}
+    found = []
+    for name in PATH_PARAMETERS:
+        value = str(arguments[name])
+        on_a_volume = any(value == mount or value.startswith(mount.rstrip("/") + "/") for mount in mounts)
+        if "://" not in value and not on_a_volume and any(value.startswith(f"{root.rstrip('/')}/") for root in here):
+            found.append(name)
+    return found
+
+
+def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_version: str = "",
+                    required: Sequence[str] = ()):
+    """The kfp pipeline for `config`; its parameters default to the config's values, except the
+    `required` ones: a package compiled for a cluster leaves out the paths of this machine
+    (`machine_paths`), so that it names none and a run must be given them (`--param`)."""
     # tuner.parallel_trials > 1: N tune workers in a ParallelFor and their merge instead of one tune task.
     workers = config.tuner.workers
     active = steps.active(workers)
     ops = {step.name: dsl.component(component_function(step), base_image=image, install_kfp_package=False)
            for step in active}
     defaults = pipeline_arguments(config, code_version)
+    source = Path(config.data.source).name if "source" in required else config.data.source
 
-    @dsl.pipeline(name=config.name, description=f"tunepipe: {config.data.label} from {config.data.source}")
     def tunepipe_pipeline(
         source: str = defaults["source"],
         label: str = defaults["label"],
@@ -284,4 +313,11 @@ def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_ver
         return PipelineOutputs(examples=examples, transform=transform, tuning=tuning, model=model,
                                evaluation=evaluation_result)
 
-    return tunepipe_pipeline
+    if required:  # kfp reads the parameters from the signature: keyword-only ones may go without a default
+        signature = inspect.signature(tunepipe_pipeline)
+        tunepipe_pipeline.__signature__ = signature.replace(parameters=[
+            parameter.replace(kind=inspect.Parameter.KEYWORD_ONLY,
+                              default=inspect.Parameter.empty if parameter.name in required else parameter.default)
+            for parameter in signature.parameters.values()])
+    return dsl.pipeline(name=config.name, description=f"tunepipe: {config.data.label} from {source}")(
+        tunepipe_pipeline)

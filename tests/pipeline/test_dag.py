@@ -83,7 +83,9 @@ def test_parameters_default_to_the_config(tmp_path):
     spec = compiled_spec(tmp_path)
     parameters = spec.root.input_definitions.parameters
     assert parameters["label"].default_value.string_value == "species"
-    assert parameters["source"].default_value.string_value.endswith("penguins.csv")
+    # The bundled config's paths are this machine's: the package leaves them for the run to give.
+    for name in ("source", "work_root", "serving_dir"):
+        assert not parameters[name].HasField("default_value") and not parameters[name].is_optional
     data = json_format.MessageToDict(parameters["data"].default_value)
     assert data["features"]["exclude"] == ["year"]
     assert json_format.MessageToDict(parameters["beam"].default_value)["runner"] == "DirectRunner"
