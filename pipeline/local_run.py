@@ -105,6 +105,7 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     see `dag.pipeline_arguments`)."""
     console = console or Console(stderr=True)
     output_root = Path(config.output_root).resolve()
+    tracking.check_server(tracking.tracking_uri(str(output_root), config.tracking_uri))
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_dir = output_root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from components.errors import TunepipeError
 from pipeline import tags
 
 # The pipeline run a step nests its run under, handed to the step processes by `tunepipe run`.
@@ -34,6 +35,37 @@ def tracking_uri(output_root: str, configured: str | None = None) -> str:
     if configured:
         return configured
     return "sqlite:///" + str(Path(output_root).resolve() / "mlflow.db")
+
+
+# How long a step waits for a tracking server that went away: MLflow's own defaults (7 retries,
+# exponential backoff, 120 s a request) make a lost server look like a hang for minutes.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """A tracking server (http, https) that answers, before any work starts; TunepipeError in one
+    line if it does not. Local stores (a SQLite file, a directory) need no server."""
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):
+            return
+    except urllib.error.HTTPError:
+        return  # it answers (a proxy in front of it may refuse /health without credentials)
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise TunepipeError(f"the tracking server {_without_credentials(uri)} does not answer ({reason}); "
+                            "nothing was run") from None
+
+
+def _without_credentials(uri: str) -> str:
+    scheme, _, rest = uri.partition("://")
+    host, slash, path = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
 
 
 def _experiment(name: str, output_root: str) -> str:
@@ -59,9 +91,11 @@ def pipeline_run(name: str, output_root: str, configured_uri: str | None, params
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
         mlflow.set_tag(tags.KIND, tags.PIPELINE)
         mlflow.log_params({key: _param(value) for key, value in params.items()})
-        # Step subprocesses inherit these and nest their runs under this one.
-        with environment({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id,
-                          PARENT_RUN_ENV: run.info.run_id}):
+        # Step subprocesses inherit these and nest their runs under this one; a server lost mid-run
+        # fails the step that lost it within about a minute (unless the environment says otherwise).
+        with environment(HTTP_DEFAULTS, overwrite=False), \
+                environment({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id,
+                             PARENT_RUN_ENV: run.info.run_id}):
             yield run
 
 

@@ -54,3 +54,22 @@ def test_bad_input_ends_in_one_line_and_exit_1(tmp_path, args, message):
     assert message.format(tmp=tmp_path) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "tunepipe-out").exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]  # nothing listens on it once the probe is closed
+
+
+def test_an_unreachable_tracking_server_is_one_line_before_any_work(tmp_path):
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    result = subprocess.run([*TUNEPIPE, "run", "--config", str(PENGUINS.parent / "pipeline.yaml"),
+                             "--output-root", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "MLFLOW_TRACKING_URI": uri, "COLUMNS": "200"})
+    assert result.returncode == 1
+    assert f"tunepipe: error: the tracking server {uri} does not answer" in result.stderr
+    assert "nothing was run" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out" / "pipelines").exists()  # no step ran
