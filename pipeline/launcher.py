@@ -30,6 +30,9 @@ from pipeline import progress, step_server, steps
 from pipeline.tracking import StepRecorder
 
 ERROR_FILE_ENV = "TUNEPIPE_ERROR_FILE"
+# Set by `tunepipe run` once it is interrupted: a task kfp.local starts after that does nothing.
+INTERRUPTED_ENV = "TUNEPIPE_INTERRUPTED"
+INTERRUPTED = 130  # the exit code of a step cut short by Ctrl-C, as a shell has it
 # Arguments that only key kfp's cache (they change when the data or the code do), or that are
 # recorded otherwise (a hypermodel module's text: as a file and a digest): not recorded as params.
 CACHE_KEYS = ("code_version", "data_fingerprint", "hypermodel_source")
@@ -142,6 +145,9 @@ def run_step(name: str, **arguments: Any) -> Any:
     Under `tunepipe run` the work runs in a fork of the run's warm server (`pipeline.step_server`),
     else here. Its last line on stdout says how long the task took to start and its work took."""
     startup, began = process_age(), time.monotonic()
+    if os.environ.get(INTERRUPTED_ENV):
+        print(f"tunepipe: {name}: not started: the run was interrupted", file=sys.stderr, flush=True)
+        raise SystemExit(INTERRUPTED)
     try:
         server = os.environ.get(step_server.ENV)
         if server:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import signal
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -90,6 +91,41 @@ class _Progress(logging.Filter):
         return True
 
 
+class _Interruption:
+    """Ctrl-C (SIGINT) or SIGTERM during a run: the steps running are told (they mark their
+    tracking runs and end), the steps not started yet do nothing, and the run ends with one line."""
+
+    def __init__(self, server: step_server.Server, statuses: dict[str, StepStatus]):
+        self._server, self._statuses = server, statuses
+        self.signal: str | None = None
+        self._running: list[str] = []
+
+    @contextlib.contextmanager
+    def handled(self):
+        saved = {number: signal.signal(number, self._received) for number in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for number, handler in saved.items():
+                signal.signal(number, handler)
+            os.environ.pop(launcher.INTERRUPTED_ENV, None)
+
+    def _received(self, number: int, _frame: Any) -> None:
+        if self.signal is None:
+            self.signal = signal.Signals(number).name
+            self._running = [status.name for status in self._statuses.values() if status.state == "running"]
+        os.environ[launcher.INTERRUPTED_ENV] = self.signal
+        self._server.interrupt()
+
+    def check(self) -> None:
+        if self.signal is None:
+            return
+        what = f"while {' and '.join(self._running)} {'were' if len(self._running) > 1 else 'was'} running" \
+            if self._running else "between steps"
+        raise TunepipeError(f"interrupted ({self.signal}) {what}; the finished steps are kept, and the next "
+                            "tunepipe run resumes from them (a search from its finished trials)")
+
+
 def _error_from_steps(error_file: Path, log_file: Path) -> TunepipeError:
     if error_file.exists():
         lines = [json.loads(line) for line in error_file.read_text().splitlines() if line.strip()]
@@ -156,6 +192,7 @@ def _run(config: PipelineConfig, code_version: str, use_cache: bool, force_push:
         server.open_store(summary.tracking_uri)
         os.environ[launcher.ERROR_FILE_ENV] = str(error_file)
         root_logger.addFilter(follow)
+        interruption = _Interruption(server, statuses)
         try:
             with open(log_file, "w", encoding="utf-8") as log, \
                     contextlib.redirect_stdout(progress.Tee(log, lambda line: console.print(f"  {line}",
@@ -165,8 +202,11 @@ def _run(config: PipelineConfig, code_version: str, use_cache: bool, force_push:
                 root_logger.handlers[:] = [logging.StreamHandler(log)]
                 # The project image's name has no 'python' in it; kfp.local warns about that.
                 warnings.filterwarnings("ignore", message=".*non-Python base image.*")
-                task = pipeline_function(**arguments)
+                with interruption.handled():
+                    task = pipeline_function(**arguments)
+            interruption.check()
         except RuntimeError as error:
+            interruption.check()
             if "finished with status FAILURE" not in _ANSI.sub("", str(error)):
                 raise
             raise _error_from_steps(error_file, log_file) from None

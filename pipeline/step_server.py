@@ -21,8 +21,9 @@ forkserver preloads modules the same way, but only for the children of the proce
 it; the tasks here are kfp.local's processes, so they reach this server by its socket.)
 
 Lifetime: the server ends when `tunepipe run` closes its stdin (or dies). A child whose task
-process goes away (a kill) kills itself, and a signal the task receives (Ctrl-C, SIGTERM) is passed
-on to the child. On Kubeflow no server runs: every task runs its step itself.
+process goes away (a kill) kills itself, and the first SIGINT or SIGTERM the task receives (Ctrl-C)
+is passed on to the child, which ends as a Ctrl-C'd step does: its tracking run marked, exit 130.
+On Kubeflow no server runs: every task runs its step itself.
 """
 from __future__ import annotations
 
@@ -137,17 +138,28 @@ def submit(address: str, name: str, arguments: dict[str, Any]) -> Any:
 
 
 def _forward(child: int, number: int) -> None:
+    """Pass the first SIGINT/SIGTERM on to the step; the step decides how to end."""
+    for ignored in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(ignored, signal.SIG_IGN)
     with contextlib.suppress(ProcessLookupError):
         os.kill(child, number)
+
+
+def _interrupted(number: int, _frame: Any) -> None:
+    """In a step: the first SIGINT or SIGTERM ends it as Ctrl-C does; a second changes nothing."""
+    for ignored in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(ignored, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 # --- the server's side ----------------------------------------------------------------------------
 
 def _run_child(connection: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
     """In the fork: become the task (its stdio, directory, environment), run the step, answer."""
-    for number in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGPIPE):
+    for number in (signal.SIGCHLD, signal.SIGPIPE):
         signal.signal(number, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _interrupted)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -165,6 +177,9 @@ def _run_child(connection: socket.socket, fds: list[int], request: dict[str, Any
         returns = launcher.run_here(request["step"], arguments)
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
+    except KeyboardInterrupt:
+        print(f"tunepipe: {request['step']}: interrupted", file=sys.stderr, flush=True)
+        code = launcher.INTERRUPTED
     except BaseException:  # a bug: its traceback, as the task's own process would print it
         traceback.print_exc()
         code = 1
@@ -293,6 +308,11 @@ class Server:
     def __init__(self, address: str, process: subprocess.Popen):
         self.address, self._process = address, process
 
+    def interrupt(self) -> None:
+        """SIGINT to every step running in the server: each marks its tracking run and ends."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._process.pid, signal.SIGINT)
+
     def open_store(self, uri: str) -> None:
         """The run's tracking store exists now (the pipeline's run is open): open it for the steps."""
         with contextlib.suppress(OSError):
@@ -307,8 +327,10 @@ def started(log_file: Path) -> Iterator[Server]:
     directory = tempfile.mkdtemp(prefix="tunepipe-steps-")
     address = os.path.join(directory, "server.sock")
     with open(log_file, "ab") as log:
+        # Its own process group: `Server.interrupt` reaches every step it runs, and a Ctrl-C in the
+        # terminal reaches them through their tasks, once.
         process = subprocess.Popen([sys.executable, "-m", "pipeline.step_server", address], stdin=subprocess.PIPE,
-                                   stdout=log, stderr=log)
+                                   stdout=log, stderr=log, process_group=0)
     try:
         deadline = time.monotonic() + 30
         while not os.path.exists(address) and process.poll() is None and time.monotonic() < deadline:
@@ -320,7 +342,12 @@ def started(log_file: Path) -> Iterator[Server]:
         try:
             process.wait(timeout=2)
         except subprocess.TimeoutExpired:
-            process.kill()  # busy importing a library no step will need any more
+            pass
+        # The run is over: what is left of the group is a generation busy importing a library no
+        # step will need any more.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
         shutil.rmtree(directory, ignore_errors=True)
 
 
