@@ -7,10 +7,15 @@ SQLite store and a tracking server alike. Where the store is: `--tracking-uri`, 
 here. MLflow is imported inside the command bodies, so `tunepipe --help` stays fast. Every failure
 a user can cause (an unknown run or model version, no store, an unreachable server) is one
 `TunepipeError` line.
+
+Each command is one short process that spends most of its time importing MLflow (docs/benchmarks.md,
+"Queries"); `_store` keeps the garbage collector from walking what those imports built, again and
+again.
 """
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from collections.abc import Iterator
@@ -36,9 +41,11 @@ _store_options = stacked(
 
 def _where(config_file: str | None, tracking_uri: str | None) -> tuple[str, str | None]:
     """The tracking URI to read, and the experiment the config names (if a config is given)."""
-    from pipeline import config, tracking
+    from pipeline import tracking
 
     if config_file:
+        from pipeline import config
+
         cfg = config.load(config_file)
         return tracking_uri or tracking.tracking_uri(cfg.output_root, cfg.tracking_uri), cfg.name
     if tracking_uri:
@@ -48,13 +55,27 @@ def _where(config_file: str | None, tracking_uri: str | None) -> tuple[str, str 
 
 @contextlib.contextmanager
 def _store(config_file: str | None, tracking_uri: str | None) -> Iterator[tuple[object, str | None]]:
-    uri, experiment = _where(config_file, tracking_uri)
-    from pipeline import tracking
+    """The store to read, and the experiment the config names.
 
-    with tracking.environment(_HTTP_SETTINGS, overwrite=False):
-        from pipeline import queries
+    Importing MLflow and SQLAlchemy leaves some 270,000 objects that live as long as the process,
+    and CPython's collector walks all of them on each full collection: during the imports, again
+    and again while a search builds its runs (1.1 s of the 1.5 s it took to load 358 runs), and
+    once more as the interpreter shuts down (1.2 s). So the collector is paused while the store
+    opens, and what exists then is frozen (`gc.freeze`: later collections skip it) for the rest of
+    the process; garbage made afterwards is collected as usual.
+    """
+    gc.disable()
+    try:
+        uri, experiment = _where(config_file, tracking_uri)
+        from pipeline import queries, tracking
 
-        yield queries.Store(uri), experiment
+        with tracking.environment(_HTTP_SETTINGS, overwrite=False):
+            store = queries.Store(uri)
+            gc.freeze()
+            gc.enable()
+            yield store, experiment
+    finally:
+        gc.enable()
 
 
 def _console(file=None):
@@ -74,9 +95,9 @@ def _console(file=None):
 @click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs, newest first.")
 def runs(config_file, tracking_uri, experiment, limit):
     """List pipeline runs: when, status, spans, best trial, accuracy, blessed, pushed version, cached steps."""
-    from pipeline import queries
-
     with _store(config_file, tracking_uri) as (store, configured):
+        from pipeline import queries
+
         experiment = experiment or configured
         rows = queries.pipeline_runs(experiment, limit=limit, store=store)
         where = f"experiment {experiment!r}" if experiment else "any experiment"
@@ -99,10 +120,10 @@ def trials(config_file, tracking_uri, output_format, output, run):
     When the run's tune step came from kfp's cache, these are the trials of the run that produced
     the reused tuning result.
     """
-    from pipeline import queries
-    from pipeline.queries.trials import report
-
     with _store(config_file, tracking_uri) as (store, _):
+        from pipeline import queries
+        from pipeline.queries.trials import report
+
         search = queries.trials(run, store=store)
         if output_format == "html":
             _write_or_echo(report(search), output, f"the tuning report of tune run {search.tune_run_id}")
@@ -137,9 +158,9 @@ def lineage(config_file, tracking_uri, output_format, output, target):
       PATH or URI                       an artifact a step produced
     Steps served from kfp's cache are followed, by content digest, to the run that produced them.
     """
-    from pipeline import queries
-
     with _store(config_file, tracking_uri) as (store, _):
+        from pipeline import queries
+
         graph = queries.lineage(target, store=store)
     if not output:
         if output_format == "text":

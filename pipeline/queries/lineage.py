@@ -128,7 +128,6 @@ class _Tracer:
         self.graph = LineageGraph(target=target, tracking_uri=store.uri)
         self.pipeline: Any | None = None  # the pipeline run being traced
         self._expanded: set[str] = set()
-        self._pipeline_steps: dict[str, dict[str, Any]] = {}
 
     # what the target is ---------------------------------------------------------------------
 
@@ -241,11 +240,7 @@ class _Tracer:
             self.graph.pipeline_run_id = pipeline.info.run_id
 
     def _steps(self, pipeline: Any | None) -> dict[str, Any]:
-        if pipeline is None:
-            return {}
-        if pipeline.info.run_id not in self._pipeline_steps:
-            self._pipeline_steps[pipeline.info.run_id] = self.store.steps(pipeline)
-        return self._pipeline_steps[pipeline.info.run_id]
+        return self.store.steps(pipeline) if pipeline is not None else {}
 
     def _prefer(self, run: Any) -> tuple[str | None, ...]:
         return (run.data.tags.get(tags.PARENT_RUN), self.graph.pipeline_run_id)

@@ -71,6 +71,7 @@ def pipeline_runs(experiment: str | None = None, *, limit: int | None = 20, trac
             return []
         pipelines = store.search(experiment_ids, f"tags.`{tags.KIND}` = '{tags.PIPELINE}'",
                                  order_by=["attributes.start_time DESC"], limit=limit)
+        store.prefetch_steps(pipelines)  # one search for every row's steps, not one per row
         return [_run_row(store, pipeline) for pipeline in pipelines]
 
 

@@ -1,10 +1,13 @@
 """The tracking store the queries read: `Store`, talking to MLflow only through `MlflowClient`.
 
 Only the client, so that a query works the same against the embedded SQLite store and a remote
-tracking server. `Store` caches the runs and experiments it has seen (lineage asks for the same
-parent runs over and over), finds the run that really produced a cached step's outputs (by their
-digest), and turns what MLflow raises for an unreachable or broken store into one `TunepipeError`
-line. MLflow is imported inside the methods, so importing this module costs nothing.
+tracking server. `Store` asks the store each question once (runs, experiments, the step runs of a
+pipeline run, the runs that produced a digest, registered models: lineage meets the same parent
+runs and input digests over and over), fetches the step runs of many pipeline runs in one search
+(`prefetch_steps`: `tunepipe runs` would otherwise search once per row), finds the run that really
+produced a cached step's outputs (by their digest), and turns what MLflow raises for an unreachable
+or broken store into one `TunepipeError` line. MLflow is imported inside the methods, so importing
+this module costs nothing.
 """
 from __future__ import annotations
 
@@ -18,6 +21,11 @@ from typing import Any
 from components.errors import TunepipeError
 from pipeline import tags
 from pipeline.queries.records import outputs_of
+
+
+# How much earlier than its pipeline run a step run may say it started: both take the time from the
+# clock of the machine `tunepipe run` runs on, which an adjustment can set back a little.
+CLOCK_SKEW_MS = 5_000
 
 
 def _quote(value: str) -> str:
@@ -75,6 +83,12 @@ class Store:
         self.client = mlflow.MlflowClient(tracking_uri=self.uri)
         self._runs: dict[str, Any] = {}
         self._experiments: dict[str, Any] = {}
+        self._listed_experiments = False
+        self._steps: dict[str, dict[str, Any]] = {}  # pipeline run id -> its step runs by step name
+        self._produced: dict[tuple[str, str, str], list[Any]] = {}  # (artifact, digest, experiment) -> runs
+        self._versions: dict[str, list[Any]] = {}  # by model name
+        self._served: dict[str, list[Any]] = {}  # versions by the digest of the model they serve
+        self._registered: dict[str, Any] = {}
 
     @contextlib.contextmanager
     def errors(self) -> Iterator[None]:
@@ -122,7 +136,7 @@ class Store:
                 return found
 
     def experiments(self) -> list[Any]:
-        if not self._experiments:
+        if not self._listed_experiments:  # `experiment_id` and `experiment_name` may have cached a few
             token = None
             while True:
                 page = self.client.search_experiments(max_results=1000, page_token=token)
@@ -130,6 +144,7 @@ class Store:
                 token = page.token
                 if not token:
                     break
+            self._listed_experiments = True
         return list(self._experiments.values())
 
     def experiment_name(self, experiment_id: str) -> str:
@@ -152,7 +167,34 @@ class Store:
 
     def steps(self, pipeline: Any) -> dict[str, Any]:
         """The step runs of a pipeline run by step name (the newest, should a step be recorded twice)."""
-        return {run.data.tags[tags.STEP]: run for run in self.children(pipeline) if tags.STEP in run.data.tags}
+        if pipeline.info.run_id not in self._steps:
+            self._steps[pipeline.info.run_id] = _by_step(self.children(pipeline))
+        return self._steps[pipeline.info.run_id]
+
+    def prefetch_steps(self, pipelines: list[Any]) -> None:
+        """Fetch the step runs of all `pipelines` in one search, for `steps` to answer from.
+
+        MLflow's filter has no IN for tags, so this takes every step run of their experiments that
+        started since the oldest of them did (less `CLOCK_SKEW_MS`): a pipeline run's steps start
+        after it, and the records of its cached steps are written as it ends. Step runs of other
+        parents in that window (a pipeline run started earlier and still running) are left out; a
+        pipeline run with no step run in the window is left for `steps` to search on its own.
+        """
+        pending = [pipeline for pipeline in pipelines if pipeline.info.run_id not in self._steps]
+        if len(pending) < 2:
+            return  # one search either way
+        since = min(pipeline.info.start_time for pipeline in pending) - CLOCK_SKEW_MS
+        experiment_ids = sorted({pipeline.info.experiment_id for pipeline in pending})
+        found = self.search(experiment_ids, f"tags.`{tags.STEP}` IS NOT NULL and attributes.start_time >= {since}",
+                            order_by=["attributes.start_time ASC"])
+        children: dict[str, list[Any]] = {pipeline.info.run_id: [] for pipeline in pending}
+        for run in found:
+            parent = run.data.tags.get(tags.PARENT_RUN)
+            if parent in children:
+                children[parent].append(run)
+        for pipeline_id, runs in children.items():
+            if runs:
+                self._steps[pipeline_id] = _by_step(runs)
 
     def parent(self, run: Any) -> Any | None:
         parent_id = run.data.tags.get(tags.PARENT_RUN)
@@ -166,13 +208,7 @@ class Store:
         in `prefer` (the consumer's own, then the one being traced), then the newest that started
         before `before` (the consumer), then any.
         """
-        query = (f"tags.`{tags.output(name, 'digest')}` = {_quote(digest)} "
-                 f"and tags.`{tags.CACHED}` = '{tags.flag(False)}'")
-        found = self.search([experiment_id], query, order_by=["attributes.start_time DESC"])
-        if not found:
-            others = [experiment.experiment_id for experiment in self.experiments()
-                      if experiment.experiment_id != experiment_id]
-            found = self.search(others, query, order_by=["attributes.start_time DESC"]) if others else []
+        found = self._producers(name, digest, experiment_id)
         if not found:
             return None
         for pipeline_id in prefer:
@@ -185,6 +221,21 @@ class Store:
             if earlier:
                 return earlier[0]
         return finished[0]
+
+    def _producers(self, name: str, digest: str, experiment_id: str) -> list[Any]:
+        """The step runs (not cache records) whose output `name` has `digest`, newest first: those in
+        `experiment_id`, else those in any other experiment."""
+        key = (name, digest, experiment_id)
+        if key not in self._produced:
+            query = (f"tags.`{tags.output(name, 'digest')}` = {_quote(digest)} "
+                     f"and tags.`{tags.CACHED}` = '{tags.flag(False)}'")
+            found = self.search([experiment_id], query, order_by=["attributes.start_time DESC"])
+            if not found:
+                others = [experiment.experiment_id for experiment in self.experiments()
+                          if experiment.experiment_id != experiment_id]
+                found = self.search(others, query, order_by=["attributes.start_time DESC"]) if others else []
+            self._produced[key] = found
+        return self._produced[key]
 
     def effective(self, step_run: Any, prefer: tuple[str | None, ...] = ()) -> Any | None:
         """The run that did a step's work: the step run itself, or for a cache record the producer of
@@ -211,7 +262,7 @@ class Store:
             if _unreachable(error):
                 raise
             try:
-                registered = self.client.get_registered_model(name)
+                registered = self.registered_model(name)
             except MlflowException:
                 raise TunepipeError(f"no registered model {name!r} in {self.uri}") from None
             if alias is not None:
@@ -222,19 +273,34 @@ class Store:
             raise TunepipeError(f"registered model {name!r} has no version {version} (versions: {known})") from None
 
     def versions(self, name: str) -> list[Any]:
-        return list(self.client.search_model_versions(f"name = {_quote(name)}"))
+        if name not in self._versions:
+            self._versions[name] = list(self.client.search_model_versions(f"name = {_quote(name)}"))
+        return self._versions[name]
+
+    def registered_model(self, name: str) -> Any:
+        if name not in self._registered:
+            self._registered[name] = self.client.get_registered_model(name)
+        return self._registered[name]
 
     def versions_with_digest(self, digest: str) -> list[Any]:
         """The registered versions of a served model, by the digest `pipeline.registry` tags them with."""
-        return list(self.client.search_model_versions(f"tags.{tags.VERSION_DIGEST} = {_quote(digest)}"))
+        if digest not in self._served:
+            self._served[digest] = list(self.client.search_model_versions(
+                f"tags.{tags.VERSION_DIGEST} = {_quote(digest)}"))
+        return self._served[digest]
 
     def aliases(self, version: Any) -> list[str]:
         aliases = list(getattr(version, "aliases", None) or [])
         if not aliases:
             with contextlib.suppress(Exception):
-                registered = self.client.get_registered_model(version.name)
+                registered = self.registered_model(version.name)
                 aliases = [alias for alias, number in registered.aliases.items() if str(number) == str(version.version)]
         return sorted(aliases)
+
+
+def _by_step(runs: list[Any]) -> dict[str, Any]:
+    """Step runs by step name, given oldest first: the newest wins should a step be recorded twice."""
+    return {run.data.tags[tags.STEP]: run for run in runs if tags.STEP in run.data.tags}
 
 
 def open_store(tracking_uri: str | None) -> Store:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -244,6 +245,30 @@ def tracking_store(store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store.uri)
 
 
+class ClientSpy:
+    """The MLflow client as a query uses it, noting every call it makes; the real client answers."""
+
+    def __init__(self, client: MlflowClient):
+        self._client = client
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+
+        def noted(*args, **kwargs):
+            asked = {key: value for key, value in kwargs.items() if key != "page_token"}
+            self.calls.append(f"{name}{args}{sorted(asked.items())}")
+            return method(*args, **kwargs)
+
+        return noted
+
+
+def spied_store(uri: str) -> tuple[queries.Store, ClientSpy]:
+    opened = queries.Store(uri)
+    opened.client = spy = ClientSpy(opened.client)
+    return opened, spy
+
+
 def step_nodes(graph: queries.LineageGraph) -> dict[str, queries.Node]:
     return {node.facts["step"]: node for node in graph.of_kind("step")}
 
@@ -341,6 +366,16 @@ def test_lineage_of_an_artifact_and_of_runs(store):
     assert queries.lineage("penguins-run-2").nodes.keys() == whole.nodes.keys()
 
 
+def test_lineage_asks_the_store_each_question_once(store):
+    """Every step after ingest takes the same examples: their producer is looked up once, not per step."""
+    opened, spy = spied_store(store.uri)
+
+    graph = queries.lineage("penguins:1", store=opened)
+
+    assert graph.nodes.keys() == queries.lineage("penguins:1").nodes.keys()
+    assert len(spy.calls) == len(set(spy.calls)), sorted(spy.calls)
+
+
 @pytest.mark.parametrize("target, message", [
     ("penguins:9", "registered model 'penguins' has no version 9 (versions: 1, 2)"),
     ("penguins@staging", "registered model 'penguins' has no alias 'staging' (aliases: @production)"),
@@ -407,6 +442,50 @@ def test_pipeline_runs_rows(store):
     assert oldest.trials == 4 and oldest.started < cached.started < newest.started
     assert len(queries.pipeline_runs(EXPERIMENT, limit=1)) == 1
     assert [row.run_id for row in queries.pipeline_runs()] == [row.run_id for row in rows]
+
+
+def test_runs_fetches_the_steps_of_every_row_in_one_search(store):
+    opened, spy = spied_store(store.uri)
+
+    rows = queries.pipeline_runs(EXPERIMENT, store=opened)
+
+    assert [row.run_id for row in rows] == [run.run_id for run in reversed(store.runs)]
+    assert not [call for call in spy.calls if tags.PARENT_RUN in call]  # no search for the steps of each row
+    assert len(spy.calls) == len(set(spy.calls)), sorted(spy.calls)
+
+
+def test_runs_rows_keep_their_own_steps_when_pipeline_runs_overlap_or_the_clock_went_back(tmp_path):
+    """Rows take their steps from one search over a time window: each row still gets its own steps,
+    also those recorded while an older run was still going and those stamped before their pipeline run."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment_id = client.create_experiment("overlap")
+    start = 1_700_000_000_000
+
+    def pipeline_run(name: str, at: int) -> str:
+        return client.create_run(experiment_id, start_time=at, run_name=name,
+                                 tags={tags.KIND: tags.PIPELINE}).info.run_id
+
+    def step_run(pipeline_id: str, step: str, at: int, **recorded: str) -> None:
+        client.create_run(experiment_id, start_time=at, run_name=step, tags={
+            tags.PARENT_RUN: pipeline_id, tags.STEP: step, tags.CACHED: tags.flag(False), **recorded})
+
+    first = pipeline_run("first", start)
+    step_run(first, "resolve-source", start + 1_000, **{tags.SPANS: "span-1"})
+    second = pipeline_run("second", start + 60_000)
+    step_run(second, "resolve-source", start + 61_000, **{tags.SPANS: "span-2"})
+    step_run(first, "evaluate", start + 120_000, **{tags.BLESSED: tags.flag(True)})  # the first run, still going
+    third = pipeline_run("third", start + 180_000)
+    step_run(third, "resolve-source", start + 179_000, **{tags.SPANS: "span-3"})  # its clock set back a second
+    fourth = pipeline_run("fourth", start + 240_000)
+    step_run(fourth, "resolve-source", start + 240_000 - 3_600_000, **{tags.SPANS: "span-4"})  # ... an hour
+
+    newest = {row.name: row for row in queries.pipeline_runs("overlap", limit=3, tracking_uri=uri)}
+    assert {name: row.spans for name, row in newest.items()} == {
+        "fourth": ("span-4",), "third": ("span-3",), "second": ("span-2",)}
+    assert newest["second"].blessed is None  # the first run's evaluate is not the second's
+    every = {row.name: row for row in queries.pipeline_runs("overlap", tracking_uri=uri)}
+    assert every["first"].spans == ("span-1",) and every["first"].blessed is True
 
 
 def test_an_unknown_experiment_names_the_ones_there():
@@ -600,6 +679,24 @@ def test_command_errors_are_one_line(args, fragments):
 def test_an_unreachable_tracking_server_is_one_line(closed_port_url, command):
     result = tunepipe(*command, "--tracking-uri", closed_port_url)
     assert_one_line_error(result, f"cannot reach the MLflow tracking server at {closed_port_url}")
+
+
+def test_the_commands_leave_the_garbage_collector_collecting(store, tmp_path):
+    """They pause it while the store opens, then freeze what exists (see `cli_lineage._store`): after
+    a command, or one that failed, garbage made in the process is still collected."""
+    import gc
+
+    class Cycle:
+        def __init__(self):
+            self.itself = self
+
+    for args in (["runs"], ["lineage", "penguins:1"], ["trials", "f" * 32],
+                 ["runs", "--tracking-uri", f"sqlite:///{tmp_path / 'none' / 'mlflow.db'}"]):
+        tunepipe(*args)
+        assert gc.isenabled(), args
+        garbage = weakref.ref(Cycle())
+        gc.collect()
+        assert garbage() is None, args
 
 
 def test_no_store_yet_is_one_line_and_creates_nothing(tmp_path, monkeypatch):
