@@ -291,10 +291,12 @@ def evaluate(context: StepContext) -> Outcome:
         return _unchanged(context, served)
     from components.evaluate import blessing, report
     from components.evaluate.step import CONFUSION_MATRIX
+    from pipeline import step_progress
 
     evaluation = context.path(artifacts.EVALUATION)
     result = context.component(context.path(artifacts.EXAMPLES), context.path(artifacts.MODEL), evaluation,
-                               context.config["evaluation"], context.config["beam"], baseline=baseline)
+                               context.config["evaluation"], context.config["beam"], baseline=baseline,
+                               progress=step_progress.RowsProgress())
     overall = {name: value for name, value in result.metrics.items() if isinstance(value, (int, float))}
     log_kfp_metrics(context.artifacts["metrics"], overall)
     matrix_file, confusion = os.path.join(evaluation, CONFUSION_MATRIX), context.artifacts["confusion_matrix"]

@@ -159,3 +159,16 @@ def epochs_to(*observers: EpochObserver | None) -> EpochObserver:
             observer(epoch, logs)
 
     return each
+
+
+class RowsProgress:
+    """Evaluate's progress: the rows TFMA has evaluated so far, at the rate it goes."""
+
+    def __init__(self, step: str = "evaluate"):
+        self._step, self._clock = step, progress.Clock()
+
+    def __call__(self, rows: int) -> None:
+        elapsed = self._clock.elapsed()
+        rate = f", {rows / elapsed:,.0f} rows/s" if elapsed > 0 else ""
+        progress.report(self._step, f"{rows:,} rows evaluated · {progress.duration(elapsed)} elapsed{rate}")
+

@@ -1,5 +1,6 @@
-"""Benchmark: tunepipe's evaluate step (TFMA on Beam DirectRunner) against a plain batched predict with
-the same model plus numpy metrics, on the same rows.
+"""Benchmark: tunepipe's evaluate step (TFMA on Beam DirectRunner), its metrics batched ("after") and
+TFMA's own per-example metrics as before ("before"), against a plain batched predict with the same
+model plus numpy metrics, on the same rows.
 
 Setup (once, not timed): a model is trained on a 20k-row penguins-like table (ingest, preprocess,
 train with the default hyperparameters, 3 epochs). For each size N, an `examples` artifact is written
@@ -10,18 +11,22 @@ Each repetition runs in a fresh Python process that imports everything first and
 
 - tunepipe: `components.evaluate.step.run(...)` with the default config (no thresholds, so the defaults)
   and `slices: [island]`, no baseline (`--baseline` adds the same model again as the baseline):
-  reading the shards, building tf.Examples, TFMA's extract/evaluate/write on the FnApiRunner, then
-  reading TFMA's output back into blessing.json, metrics.json, confusion_matrix.json and report.md.
+  reading the shards, building tf.Examples in batches grouped by island, TFMA's extract/evaluate/write
+  on the FnApiRunner with every metric computed per batch (`components.evaluate.batched_metrics`),
+  then reading TFMA's output back into blessing.json, metrics.json, confusion_matrix.json and report.md.
+- before: the same call with `per_example=True`: TFMA's default extractors (which unbatch) and its own
+  per-example metric combiners, the configuration the step ran before the metrics were batched. Run
+  only at the `--before-rows` sizes (it takes ~50 minutes at 1M rows).
 - plain: the same Parquet file in 4096-row batches, each batch turned into serialized tf.Examples (the
   same vectorized tfx_bsl encoder) and scored by the SavedModel's `serving_default` signature; then
   numpy over all rows: accuracy, cross-entropy, per-class precision/recall (top-1), one-vs-rest AUC
   (exact, by ranks) and its macro average, calibration, the confusion matrix, and accuracy and count
   per island. No Beam, no output files besides a JSON of the numbers.
 
-The parent checks that both report the same accuracy and per-island counts, and writes RESULTS.md.
+The parent checks that all report the same accuracy and per-island counts, and writes RESULTS.md.
 
-    uv run python -m bench.evaluate.run                             # 100k and 1M rows, 3 reps each
-    uv run python -m bench.evaluate.run --rows 100000 1000000 --reps 3 1
+    uv run python -m bench.evaluate.run                  # after and plain at 100k and 1M, before at 100k
+    uv run python -m bench.evaluate.run --rows 100000 1000000 --before-rows 100000 --reps 1
 """
 from __future__ import annotations
 
@@ -42,8 +47,9 @@ ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:  # when run as a script by path
     sys.path.insert(0, str(ROOT))
 
-IMPLEMENTATIONS = ("plain", "tunepipe")
+IMPLEMENTATIONS = ("plain", "before", "tunepipe")
 DEFAULT_ROWS = (100_000, 1_000_000)
+DEFAULT_BEFORE_ROWS = (100_000,)
 TRAIN_ROWS = 20_000
 BATCH_ROWS = 4096
 ROW_GROUP_ROWS = 65_536
@@ -98,18 +104,19 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def run_tunepipe(examples: str, model: str, out: str, baseline: bool) -> dict:
+def run_tunepipe(examples: str, model: str, out: str, baseline: bool, per_example: bool) -> dict:
     from components.beam_run import BeamConfig
     from components.evaluate import step as evaluate
     from components.evaluate.config import EvaluationConfig
 
+    reported: list[int] = []
     started = time.perf_counter()
     result = evaluate.run(examples, model, out, EvaluationConfig(slices=("island",)), BeamConfig(),
-                          baseline=model if baseline else None)
+                          baseline=model if baseline else None, progress=reported.append, per_example=per_example)
     seconds = time.perf_counter() - started
     metrics = json.loads(Path(out, evaluate.METRICS).read_text())
     return {"seconds": seconds, "rows": result.example_count, "accuracy": result.metrics["accuracy"],
-            "macro_auc": result.metrics["macro_auc"],
+            "macro_auc": result.metrics["macro_auc"], "progress_calls": len(reported),
             "islands": {name: values["candidate"]["example_count"]
                         for name, values in metrics["slices"]["island"].items()}}
 
@@ -196,8 +203,8 @@ def child(args: argparse.Namespace) -> None:
     import tensorflow  # noqa: F401
     import tensorflow_model_analysis  # noqa: F401
 
-    if args.child == "tunepipe":
-        result = run_tunepipe(args.examples, args.model, args.out, args.baseline)
+    if args.child in ("tunepipe", "before"):
+        result = run_tunepipe(args.examples, args.model, args.out, args.baseline, per_example=args.child == "before")
     else:
         result = run_plain(args.examples, args.model, args.out)
     result["peak_rss_mb"] = _peak_rss_mb()
@@ -246,6 +253,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=list(DEFAULT_ROWS))
     parser.add_argument("--reps", type=int, nargs="+", default=[3],
                         help="repetitions, one number for all sizes or one per size")
+    parser.add_argument("--before-rows", type=int, nargs="*", default=list(DEFAULT_BEFORE_ROWS),
+                        help="the sizes (of --rows) at which TFMA's per-example metrics run too (none: omit)")
     parser.add_argument("--baseline", action="store_true", help="tunepipe also evaluates a baseline model")
     parser.add_argument("--work", help="directory for the model and tables (default: a temporary one)")
     parser.add_argument("--results", default=str(HERE / "RESULTS.md"))
@@ -256,6 +265,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if len(args.reps) not in (1, len(args.rows)):
         parser.error("give one --reps or one per --rows")
+    if not set(args.before_rows) <= set(args.rows):
+        parser.error("every --before-rows size must be one of --rows")
     args.reps = dict(zip(args.rows, args.reps * len(args.rows) if len(args.reps) == 1 else args.reps))
     if args.child:
         child(args)
@@ -266,52 +277,76 @@ def main(argv: list[str] | None = None) -> None:
     print(f"setting up in {work} ...", flush=True)
     setup = prepare(work, args.rows)
     load_before = os.getloadavg()
+    started = time.monotonic()
     measured: dict[tuple[int, str], list[dict]] = {}
     for rows in args.rows:
         for rep in range(args.reps[rows]):
             for implementation in IMPLEMENTATIONS:
+                if implementation == "before" and rows not in args.before_rows:
+                    continue
                 result = _measure(implementation, setup["examples"][rows], setup["model"], work,
-                                  args.baseline and implementation == "tunepipe")
+                                  args.baseline and implementation != "plain")
                 measured.setdefault((rows, implementation), []).append(result)
                 print(f"{rows:>9,} rows  {implementation:<8} rep {rep + 1}/{args.reps[rows]}: "
                       f"{result['seconds']:.1f} s, "
                       f"accuracy {result['accuracy']:.6f}, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
     load_after = os.getloadavg()
-    write_results(args, measured, load_before, load_after)
+    write_results(args, measured, load_before, load_after, time.monotonic() - started)
 
 
-def write_results(args: argparse.Namespace, measured: dict, load_before, load_after) -> None:
-    reps = " ".join(str(args.reps[rows]) for rows in args.rows)
+def write_results(args: argparse.Namespace, measured: dict, load_before, load_after, total_seconds: float) -> None:
+    counts = [args.reps[rows] for rows in args.rows]
+    reps = str(counts[0]) if len(set(counts)) == 1 else " ".join(map(str, counts))
+    before_rows = " ".join(map(str, args.before_rows))
     lines = [
         "# Benchmark results: evaluate", "",
-        "## TFMA on Beam DirectRunner vs a plain batched predict + numpy metrics", "",
-        f"Generated by `python -m bench.evaluate.run --rows {' '.join(map(str, args.rows))} --reps {reps}"
-        f"{' --baseline' if args.baseline else ''}` on {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC "
-        f"(commit {_commit()}).", "",
+        "## TFMA on Beam DirectRunner, batched (after) and per example (before), vs a plain batched predict + "
+        "numpy metrics", "",
+        f"Generated by `python -m bench.evaluate.run --rows {' '.join(map(str, args.rows))} --before-rows "
+        f"{before_rows} --reps {reps}{' --baseline' if args.baseline else ''}` on "
+        f"{dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC (commit {_commit()}); the whole run took "
+        f"{total_seconds / 60:.1f} minutes.", "",
         "**What was run.** " + " ".join(__doc__.split("\n\n")[1].split()), "",
-        "- **tunepipe**: " + " ".join(__doc__.split("- tunepipe:")[1].split("- plain:")[0].split()),
+        "- **tunepipe** (after): " + " ".join(__doc__.split("- tunepipe:")[1].split("- before:")[0].split()),
+        "- **before**: " + " ".join(__doc__.split("- before:")[1].split("- plain:")[0].split()),
         "- **plain**: " + " ".join(__doc__.split("- plain:")[1].split("\n\n")[0].split()), "",
         f"Each repetition is a fresh Python process; the time excludes interpreter start-up and imports. "
-        f"Median of the repetitions per size ({reps} for {', '.join(f'{rows:,}' for rows in args.rows)} rows).", "",
+        f"Median of the repetitions per size ({reps} for {', '.join(f'{rows:,}' for rows in args.rows)} rows: "
+        f"a single number is one repetition, not a median); "
+        f"before only at {', '.join(f'{rows:,}' for rows in args.before_rows) or 'no size'} rows.", "",
         f"**Machine.** {_machine()}. Load average (1/5/15 min) before: "
         f"{' '.join(f'{x:.2f}' for x in load_before)}; after: {' '.join(f'{x:.2f}' for x in load_after)} "
         f"(the machine is shared with other work, so times are noisy).", "",
         "| rows | implementation | wall s (median) | min–max s | rows/s | peak RSS MB |",
         "|---:|---|---:|---:|---:|---:|",
     ]
-    for (rows, implementation), results in sorted(measured.items()):
+    order = {name: index for index, name in enumerate(IMPLEMENTATIONS)}
+    for (rows, implementation), results in sorted(measured.items(), key=lambda item: (item[0][0], order[item[0][1]])):
         seconds = [result["seconds"] for result in results]
         median = statistics.median(seconds)
-        lines.append(f"| {rows:,} | {implementation} | {median:.1f} | {min(seconds):.1f}–{max(seconds):.1f} | "
+        name = "tunepipe (after)" if implementation == "tunepipe" else implementation
+        lines.append(f"| {rows:,} | {name} | {median:.1f} | {min(seconds):.1f}–{max(seconds):.1f} | "
                      f"{rows / median:,.0f} | {max(result['peak_rss_mb'] for result in results):.0f} |")
-    lines += ["", "| rows | time tunepipe / plain | accuracy tunepipe | accuracy plain | macro AUC tunepipe | "
-                  "macro AUC plain (exact) | per-island counts agree |", "|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "| rows | after / plain | before / plain | before / after | accuracy after | accuracy before | "
+                  "accuracy plain | macro AUC after | macro AUC before | macro AUC plain (exact) | "
+                  "per-island counts agree |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+
+    def median(rows: int, implementation: str) -> float | None:
+        results = measured.get((rows, implementation))
+        return statistics.median(r["seconds"] for r in results) if results else None
+
+    def number(results: list[dict], name: str, digits: int) -> str:
+        return f"{results[0][name]:.{digits}f}" if results else "–"
+
     for rows in args.rows:
-        ours, plain = measured[(rows, "tunepipe")], measured[(rows, "plain")]
-        ratio = statistics.median(r["seconds"] for r in ours) / statistics.median(r["seconds"] for r in plain)
-        agree = all(r["islands"] == plain[0]["islands"] and r["rows"] == plain[0]["rows"] for r in ours)
-        lines.append(f"| {rows:,} | {ratio:.1f}x | {ours[0]['accuracy']:.6f} | {plain[0]['accuracy']:.6f} | "
-                     f"{ours[0]['macro_auc']:.4f} | {plain[0]['macro_auc']:.4f} | {'yes' if agree else 'NO'} |")
+        ours, plain, before = (measured.get((rows, name), []) for name in ("tunepipe", "plain", "before"))
+        after_s, plain_s, before_s = median(rows, "tunepipe"), median(rows, "plain"), median(rows, "before")
+        agree = all(r["islands"] == plain[0]["islands"] and r["rows"] == plain[0]["rows"] for r in ours + before)
+        lines.append(
+            f"| {rows:,} | {after_s / plain_s:.1f}x | {f'{before_s / plain_s:.1f}x' if before else '–'} | "
+            f"{f'{before_s / after_s:.1f}x' if before else '–'} | {number(ours, 'accuracy', 6)} | "
+            f"{number(before, 'accuracy', 6)} | {number(plain, 'accuracy', 6)} | {number(ours, 'macro_auc', 4)} | "
+            f"{number(before, 'macro_auc', 4)} | {number(plain, 'macro_auc', 4)} | {'yes' if agree else 'NO'} |")
     lines.append("")
     marker = "<!-- notes: everything below this line is kept when run.py rewrites the file -->"
     results_path = Path(args.results)

@@ -1,6 +1,11 @@
 """Feeding the held-out split to TFMA: Parquet shards read in Arrow batches, each batch turned
 into tf.Examples in one vectorized call (tfx_bsl's encoder).
 
+For TFMA's metrics over whole batches (`components.evaluate.batched_metrics`), the rows of each
+table read are first grouped by the slice columns (`group_by`), so that every example of a batch
+falls in the same slices. Each batch is counted once TFMA has taken it
+(`components.evaluate.progress`).
+
 The features are laid out as the model's `serving_default` signature parses them (numbers as
 float_list, text as bytes_list, a missing value as an empty feature, which the model fills as in
 training), with the raw label and any slice columns for slicing. For a classifier, the label's
@@ -17,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from components.evaluate import progress
 from components.schema import NUMERIC
 
 log = logging.getLogger("tunepipe.evaluate")
@@ -38,17 +44,40 @@ def list_array(values: pa.Array, item_type: pa.DataType) -> pa.LargeListArray:
     return pa.LargeListArray.from_arrays(pa.array(offsets), values.drop_null(), mask=pa.array(~present))
 
 
+def batches(table: pa.Table, group_by: tuple[str, ...], batch_rows: int) -> Iterator[pa.Table]:
+    """`table` in single-chunk tables of at most `batch_rows` rows; with `group_by`, the rows of
+    each share their values of those columns (a missing value is a value of its own)."""
+    if group_by and table.num_rows:
+        key = np.zeros(table.num_rows, np.int64)
+        for name in group_by:
+            codes = pc.dictionary_encode(table.column(name).combine_chunks())
+            key = key * (len(codes.dictionary) + 1) + codes.indices.fill_null(-1).to_numpy() + 1
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        table = table.take(pa.array(order))
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        groups = zip(starts.tolist(), np.r_[starts[1:], len(key)].tolist())
+    else:
+        groups = [(0, table.num_rows)]
+    for first, end in groups:
+        for start in range(first, end, batch_rows):
+            yield table.slice(start, min(batch_rows, end - start)).combine_chunks()
+
+
 class ToTFMAInputs(beam.DoFn):
     """A Parquet table in, Arrow record batches of tf.Example columns plus the serialized examples out."""
 
     def __init__(self, columns: dict[str, str], label: str, vocabulary: tuple[str, ...] | None,
-                 arrow_schema: pa.Schema, raw_column: str, batch_rows: int):
+                 arrow_schema: pa.Schema, raw_column: str, batch_rows: int, group_by: tuple[str, ...] = (),
+                 progress_token: str | None = None):
         self._columns = columns  # name -> NUMERIC or CATEGORICAL
         self._label = label
         self._vocabulary = vocabulary  # None: a regression label, fed as it is
         self._arrow_schema = arrow_schema
         self._raw_column = raw_column
         self._batch_rows = batch_rows
+        self._group_by = group_by  # columns whose values every row of a batch shares
+        self._progress_token = progress_token
         self._rows = 0
 
     def process(self, table: pa.Table) -> Iterator[pa.RecordBatch]:
@@ -58,8 +87,7 @@ class ToTFMAInputs(beam.DoFn):
             index = pc.index_in(pc.cast(table.column(self._label), pa.string()),
                                 value_set=pa.array(self._vocabulary, pa.string()))
             table = table.append_column(LABEL_INDEX_KEY, index).filter(pc.is_valid(index))
-        for start in range(0, table.num_rows, self._batch_rows):
-            part = table.slice(start, self._batch_rows).combine_chunks()
+        for part in batches(table, self._group_by, self._batch_rows):
             arrays = []
             for name in self._arrow_schema.names:
                 if name == self._raw_column:
@@ -74,6 +102,8 @@ class ToTFMAInputs(beam.DoFn):
             serialized = pa.array(example_coder.RecordBatchToExamples(features), pa.large_binary())
             raw = pa.LargeListArray.from_arrays(pa.array(np.arange(len(serialized) + 1, dtype=np.int64)), serialized)
             yield pa.RecordBatch.from_arrays(arrays + [raw], schema=self._arrow_schema)
+            # Beam runs the fused stages downstream before the generator resumes: TFMA has taken the batch.
+            progress.add(self._progress_token, part.num_rows)
             before, self._rows = self._rows, self._rows + part.num_rows
             if self._rows // _PROGRESS_EVERY_ROWS > before // _PROGRESS_EVERY_ROWS:
                 log.info("evaluate: %d rows fed to TFMA", self._rows)

@@ -205,3 +205,14 @@ def test_the_composite_observer_tells_every_observer_and_keeps_the_first_id_give
                                    lambda epoch, logs: epochs.append(("second", epoch)))
     each(2, {"loss": 0.1})
     assert epochs == [("first", 2), ("second", 2)]
+
+
+def test_evaluate_reports_the_rows_evaluated(capsys):
+    from pipeline.step_progress import RowsProgress
+
+    rows = RowsProgress()
+    for count in (100_000, 250_000):
+        rows(count)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("tunepipe: progress: ")]
+    assert [line.split(": ", 2)[2].split(" rows")[0] for line in lines] == ["evaluate: 100,000", "evaluate: 250,000"]
+    assert all("rows/s" in line and "elapsed" in line for line in lines)

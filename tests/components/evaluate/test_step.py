@@ -1,13 +1,15 @@
 """The evaluate step: TFMA's numbers against an independent computation over the exported model's
 serving signature, the blessing for a better and a worse candidate, defaults and skipped change
-thresholds on a first run, slices, and the errors a user can cause.
+thresholds on a first run, slices, the same evaluation from TFMA's own per-example metrics and from
+the batched ones, progress, and the errors a user can cause.
 
 Two small penguin models are trained once: a good one (10 epochs) and a weak one (1 epoch at a low
-learning rate). Three evaluations run once each (TFMA on Beam takes ~10 s per run here).
+learning rate). Each evaluation runs once (TFMA on Beam takes ~5-10 s per run here).
 """
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
 
 from components import artifacts
 from components.beam_run import BeamConfig
 from components.examples import split_files
 from components.errors import ConfigError, DataError, TunepipeError
-from components.evaluate import blessing as policy, report as reporting, step as evaluate, tfma_runner
+from components.evaluate import blessing as policy, progress, report as reporting, step as evaluate, tfma_runner
 from components.evaluate.config import EvaluationConfig
 from components.schema import NUMERIC, Schema
 from components.serving import LABEL_VOCABULARY
@@ -54,6 +57,7 @@ class Reference:
     labels: np.ndarray  # class index per row
     islands: np.ndarray
     predicted: dict[str, np.ndarray]  # model name -> predicted class index per row
+    probabilities: dict[str, np.ndarray]  # model name -> (rows, classes)
 
     def accuracy(self, name: str, rows: np.ndarray | None = None) -> float:
         rows = np.ones(len(self.labels), bool) if rows is None else rows
@@ -81,12 +85,13 @@ def reference(penguin_inputs, models) -> Reference:
     rows = pq.read_table(split_files(penguin_inputs.examples, "eval")).to_pylist()
     vocabulary = (models.good / LABEL_VOCABULARY).read_text().split()
     serialized = tf.constant(_serialized(rows, schema))
-    predicted = {}
+    predicted, probabilities = {}, {}
     for name in ("good", "weak"):
         serve = tf.saved_model.load(str(getattr(models, name))).signatures["serving_default"]
-        predicted[name] = np.argmax(serve(examples=serialized)["probabilities"].numpy(), axis=1)
+        probabilities[name] = serve(examples=serialized)["probabilities"].numpy().astype(np.float64)
+        predicted[name] = np.argmax(probabilities[name], axis=1)
     labels = np.array([vocabulary.index(row[schema.label.name]) for row in rows])
-    reference = Reference(labels, np.array([row["island"] for row in rows]), predicted)
+    reference = Reference(labels, np.array([row["island"] for row in rows]), predicted, probabilities)
     assert reference.accuracy("weak") < reference.accuracy("good") - MAX_DROP, "the weak model is not worse"
     return reference
 
@@ -128,6 +133,34 @@ def first_run(penguin_inputs, models, tmp_path_factory) -> evaluate.EvaluateResu
                         BeamConfig())
 
 
+# The weak candidate against the served good model, with thresholds on every slice and slices by a
+# feature with missing values (sex) and by a passthrough column (year).
+EVERY_SLICE = EvaluationConfig(slices=("island", "sex", "year"), thresholds_on_slices=True,
+                               value_thresholds={"accuracy": {"lower": 0.0}, "recall": {"lower": 0.5}},
+                               change_thresholds={"accuracy": {"direction": "higher_is_better",
+                                                               "absolute": -MAX_DROP}})
+
+
+@pytest.fixture(scope="module")
+def every_slice(penguin_inputs, models, served_good, tmp_path_factory) -> tuple[evaluate.EvaluateResult, list[int]]:
+    """Batched, as the step runs, with the progress reported after every batch."""
+    out = tmp_path_factory.mktemp("evaluate") / "every-slice"
+    calls: list[int] = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(progress, "EVERY_ROWS", 1)
+        result = evaluate.run(penguin_inputs.examples, models.weak, out, EVERY_SLICE, BeamConfig(),
+                              baseline=served_good, progress=calls.append)
+    return result, calls
+
+
+@pytest.fixture(scope="module")
+def every_slice_per_example(penguin_inputs, models, served_good, tmp_path_factory) -> evaluate.EvaluateResult:
+    """The same evaluation by TFMA's own per-example metrics and extractors."""
+    out = tmp_path_factory.mktemp("evaluate") / "every-slice-per-example"
+    return evaluate.run(penguin_inputs.examples, models.weak, out, EVERY_SLICE, BeamConfig(), baseline=served_good,
+                        per_example=True)
+
+
 def read(result: evaluate.EvaluateResult, name: str):
     path = Path(result.path, name)
     return json.loads(path.read_text()) if name.endswith(".json") else path.read_text()
@@ -163,6 +196,91 @@ def test_per_class_metrics_and_the_confusion_matrix_follow_the_top_prediction(we
                 expected[index, index] / expected[:, index].sum())
         else:
             assert weak_vs_good.metrics["precision"][name] is None  # never predicted: undefined, not 0
+
+
+def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Exact one-vs-rest ROC AUC: the share of (positive, negative) pairs ranked right, ties half."""
+    above = (scores[positive][:, None] > scores[~positive][None, :]).sum()
+    ties = (scores[positive][:, None] == scores[~positive][None, :]).sum()
+    return float((above + ties / 2) / (positive.sum() * (~positive).sum()))
+
+
+def test_tfma_loss_calibration_and_auc_equal_numpy_over_the_serving_signature(good_vs_weak, reference):
+    for role, name in (("candidate", "good"), ("baseline", "weak")):
+        found = read(good_vs_weak, evaluate.METRICS)["overall"][role]
+        probabilities, labels = reference.probabilities[name], reference.labels
+        classes = found["calibration"]
+        picked = probabilities[np.arange(len(labels)), labels]
+        assert found["loss"] == pytest.approx(float(np.mean(-np.log(np.clip(picked, 1e-7, 1)))), rel=1e-4)
+        aucs = []
+        for index, class_name in enumerate(classes):
+            positive = labels == index
+            assert found["calibration"][class_name] == pytest.approx(
+                probabilities[:, index].sum() / positive.sum(), rel=1e-5)
+            aucs.append(_auc(probabilities[:, index], positive))
+            # TFMA's AUC is read from 10,000-bucket histograms: exact up to pairs within one bucket.
+            assert found["auc"][class_name] == pytest.approx(aucs[-1], abs=2e-3)
+        assert found["macro_auc"] == pytest.approx(float(np.mean(aucs)), abs=2e-3)
+
+
+def _assert_same_document(batched, per_example, where: str = "") -> None:
+    """Equal, floats to the last digits a different order of summation changes (Keras sums the loss
+    in float32)."""
+    if isinstance(per_example, dict):
+        assert set(batched) == set(per_example), where
+        for key in per_example:
+            _assert_same_document(batched[key], per_example[key], f"{where}.{key}")
+    elif isinstance(per_example, list):
+        assert len(batched) == len(per_example), where
+        for index, (mine, theirs) in enumerate(zip(batched, per_example)):
+            _assert_same_document(mine, theirs, f"{where}[{index}]")
+    elif isinstance(per_example, float) and not isinstance(batched, bool):
+        assert isinstance(batched, float) and math.isclose(batched, per_example, rel_tol=1e-6, abs_tol=1e-9), where
+    else:
+        assert batched == per_example, where
+
+
+def test_batched_and_per_example_tfma_write_the_same_evaluation(every_slice, every_slice_per_example):
+    batched, _ = every_slice
+    per_example = every_slice_per_example
+    assert batched.blessed == per_example.blessed is False
+    for name in (evaluate.BLESSING, evaluate.METRICS, evaluate.CONFUSION_MATRIX):
+        _assert_same_document(read(batched, name), read(per_example, name), name)
+    assert read(batched, reporting.REPORT) == read(per_example, reporting.REPORT)
+    slices = read(batched, evaluate.METRICS)["slices"]
+    assert set(slices) == {"island", "sex", "year"} and len(slices["sex"]) == 2  # no slice for a missing sex
+
+    def tfma_output(result):
+        tfma_dir = str(Path(result.path, tfma_runner.TFMA_DIR))
+        metrics = {(m.slice_key.SerializeToString(), entry.key.SerializeToString()): entry.value
+                   for m in tfma.load_metrics(tfma_dir) for entry in m.metric_keys_and_values}
+        plots = {(p.slice_key.SerializeToString(), entry.key.SerializeToString()): entry.value
+                 for p in tfma.load_plots(tfma_dir) for entry in p.plot_keys_and_values}
+        return metrics, plots, tfma.load_validation_result(tfma_dir)
+
+    (metrics, plots, validation), (their_metrics, their_plots, their_validation) = map(tfma_output,
+                                                                                     (batched, per_example))
+    assert set(metrics) == set(their_metrics) and plots == their_plots
+    for key, value in their_metrics.items():
+        if value.HasField("double_value"):
+            assert math.isclose(metrics[key].double_value.value, value.double_value.value, rel_tol=1e-6,
+                                abs_tol=1e-9) or (math.isnan(value.double_value.value)
+                                                  and math.isnan(metrics[key].double_value.value))
+        else:
+            assert metrics[key] == value
+    assert validation.validation_ok == their_validation.validation_ok is False
+    failures = {(f.slice_key.SerializeToString(), tuple(sorted(x.metric_key.SerializeToString() for x in f.failures)))
+                for f in validation.metric_validations_per_slice}
+    assert failures == {(f.slice_key.SerializeToString(),
+                         tuple(sorted(x.metric_key.SerializeToString() for x in f.failures)))
+                        for f in their_validation.metric_validations_per_slice}
+
+
+def test_progress_counts_rows_as_tfma_takes_them_and_ends_at_the_rows_evaluated(every_slice):
+    result, calls = every_slice
+    assert len(calls) >= 2  # one batch per (island, sex, year) group
+    assert calls == sorted(set(calls))  # increasing
+    assert calls[-1] == result.example_count
 
 
 # --- the blessing -----------------------------------------------------------------------------------
