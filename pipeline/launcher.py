@@ -86,15 +86,29 @@ def user_errors(step: str) -> Iterator[None]:
         print(f"tunepipe: error: {step}: {error}", file=sys.stderr, flush=True)
         error_file = os.environ.get(ERROR_FILE_ENV)
         if error_file:
+            changed = {"changed": error.uri} if isinstance(error, ChangedArtifact) else {}
             with open(error_file, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": step, "message": str(error)}) + "\n")
+                handle.write(json.dumps({"step": step, "message": str(error), **changed}) + "\n")
         raise SystemExit(1) from None
 
 
-def artifact_digest(path: str) -> str:
-    """The content digest an artifact's manifest holds."""
+class ChangedArtifact(TunepipeError):
+    """An input artifact whose files are not what its manifest says: changed after it was written."""
+
+    def __init__(self, uri: str, expected: str, found: str):
+        super().__init__(f"the input artifact {uri} was changed after it was written (its files digest to "
+                         f"{found[:19]}, its manifest says {expected[:19]}); it is not used")
+        self.uri = uri
+
+
+def artifact_digest(path: str, uri: str = "") -> str:
+    """The content digest an artifact's manifest holds, checked against its files."""
     with open(os.path.join(path, artifacts.MANIFEST)) as handle:
-        return json.load(handle)["digest"]
+        expected = json.load(handle)["digest"]
+    found = artifacts.digest_tree(path)
+    if found != expected:
+        raise ChangedArtifact(uri or path, expected, found)
+    return expected
 
 
 def _is_artifact(value: Any) -> bool:
@@ -113,9 +127,10 @@ def _input_digests(step: steps.Step, task_artifacts: dict[str, Any]) -> dict[str
         if value is None or key in (steps.BASELINE, steps.PUSHED):  # no manifest, recorded by their steps
             continue
         if isinstance(value, list):
-            found.update({f"{key}.{index}": (item.uri, artifact_digest(item.path)) for index, item in enumerate(value)})
+            found.update({f"{key}.{index}": (item.uri, artifact_digest(item.path, item.uri))
+                          for index, item in enumerate(value)})
         else:
-            found[key] = (value.uri, artifact_digest(value.path))
+            found[key] = (value.uri, artifact_digest(value.path, value.uri))
     return found
 
 

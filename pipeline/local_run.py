@@ -130,7 +130,9 @@ def _error_from_steps(error_file: Path, log_file: Path) -> TunepipeError:
     if error_file.exists():
         lines = [json.loads(line) for line in error_file.read_text().splitlines() if line.strip()]
         if lines:
-            return TunepipeError(f"step {lines[-1]['step']} failed: {lines[-1]['message']}")
+            message = f"step {lines[-1]['step']} failed: {lines[-1]['message']}"
+            changed = next((line["changed"] for line in lines if line.get("changed")), None)
+            return _ChangedInput(message, changed) if changed else TunepipeError(message)
     return TunepipeError(f"the pipeline failed; the steps' output is in {log_file}")
 
 
@@ -151,10 +153,37 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     with step_server.started(log_dir / f"run-{stamp}.server.log") as server:
         os.environ[step_server.ENV] = server.address
         try:
-            return _run(config, code_version, use_cache, force_push, console, reuse_hyperparameters, warm_start,
-                        output_root, stamp, log_file, error_file, server)
+            try:
+                return _run(config, code_version, use_cache, force_push, console, reuse_hyperparameters,
+                            warm_start, output_root, stamp, log_file, error_file, server)
+            except _ChangedInput as changed:
+                # A cached artifact whose files were changed: its producer runs again, once.
+                dropped = _drop_cache_entries(output_root / "cache", changed.uri)
+                console.print(f"[yellow]↻ {changed.uri} was changed after it was written: "
+                              f"{dropped} cache entries dropped, the steps that made it run again[/yellow]")
+                stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-again"
+                log_file, error_file = log_dir / f"run-{stamp}.log", log_dir / f"run-{stamp}.errors.jsonl"
+                return _run(config, code_version, use_cache, force_push, console, reuse_hyperparameters,
+                            warm_start, output_root, stamp, log_file, error_file, server)
         finally:
             os.environ.pop(step_server.ENV, None)
+
+
+class _ChangedInput(TunepipeError):
+    def __init__(self, message: str, uri: str):
+        super().__init__(message)
+        self.uri = uri
+
+
+def _drop_cache_entries(cache_root: Path, uri: str) -> int:
+    """Remove kfp.local's cache entries that hand out the artifact at `uri`."""
+    dropped = 0
+    for entry in cache_root.glob("*.json"):
+        with contextlib.suppress(OSError):
+            if uri in entry.read_text(encoding="utf-8"):
+                entry.unlink()
+                dropped += 1
+    return dropped
 
 
 def _run(config: PipelineConfig, code_version: str, use_cache: bool, force_push: bool, console: Console,

@@ -146,6 +146,17 @@ def test_pipeline_tunes_pushes_caches_refuses_worse_and_pushes_better(tmp_path):
     assert resolve_baseline.serving_versions(serving, "penguins") == [1, 2, 3]
     assert client.get_model_version_by_alias("penguins", "production").tags["serving_version"] == "3"
 
+    # 5. A cached artifact changed after it was written (here: the model kfp's cache would hand to
+    #    evaluate) is caught by its digest, never consumed: its cache entry goes, train runs again.
+    model = output_path(fourth.stderr, "model")
+    with (Path(model) / "saved_model.pb").open("ab") as handle:
+        handle.write(b"\0")
+    fifth = tunepipe("run", "--config", str(tmp_path / "untuned.yaml"), cwd=tmp_path)
+    assert fifth.returncode == 0, fifth.stderr
+    assert f"{model} was changed after it was written" in " ".join(fifth.stderr.split())
+    assert step_states(fifth.stderr)["train"] == "ran"
+    assert output_path(fifth.stderr, "model") != model
+
 
 def test_a_step_that_fails_on_the_data_says_why_in_one_line(tmp_path):
     data = tmp_path / "table.csv"
