@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-NUMERIC = "numeric"
-CATEGORICAL = "categorical"
+from components.schema import CATEGORICAL, NUMERIC
+
 # Distinct values of a numeric column are counted up to this many; past it, only "more" is known.
 DISTINCT_LIMIT = 64
 

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from components.analyzers import CATEGORICAL, NUMERIC
+# The kinds of feature column, as the analyzers (components.analyzers) summarise them.
+NUMERIC = "numeric"
+CATEGORICAL = "categorical"
 
 LABEL = "label"
 FEATURE = "feature"

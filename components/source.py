@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from components.errors import DataError
 from components.spans import SpanPattern, newest
@@ -77,6 +78,15 @@ def _match_remote(source: str) -> list[SourceFile]:
     return [SourceFile(m.path, m.size_in_bytes, m.last_updated_in_seconds)
             for result in results for m in result.metadata_list
             if not m.path.endswith("/")]
+
+
+def open_file(path: str) -> BinaryIO:
+    """A file of a source for reading: a local one with the standard library, a URI with Beam's filesystems."""
+    if "://" not in path or path.startswith("file://"):
+        return open(path.removeprefix("file://"), "rb")
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.open(path)
 
 
 def resolve(source: str, span_window: int = 1, spans: Sequence[str] | None = None) -> ResolvedSource:

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 from components.errors import DataError
 from components.ingest.config import DataConfig
 from components.schema import CATEGORICAL, FEATURE, LABEL, NUMERIC, PASSTHROUGH, Column, Schema
-from components.source import SourceFile
+from components.source import SourceFile, open_file
 
 _CSV_BLOCK_BYTES = 16 << 20
 NUMBER = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
@@ -37,10 +37,8 @@ def csv_options(data: DataConfig, names: list[str] | None = None):
 
 def _read_sample(path: str, fmt: str, data: DataConfig) -> pa.Table:
     """The first block of a file: Parquet with its own types, CSV as text (typed by `_inferred_kind`)."""
-    from apache_beam.io.filesystems import FileSystems
-
     try:
-        with FileSystems.open(path) as handle:
+        with open_file(path) as handle:
             if fmt == "parquet":
                 parquet = pq.ParquetFile(handle)
                 batch = next(parquet.iter_batches(batch_size=10_000), None)
@@ -49,7 +47,7 @@ def _read_sample(path: str, fmt: str, data: DataConfig) -> pa.Table:
                                     parse_options=pacsv.ParseOptions(delimiter=data.csv_delimiter,
                                                                      invalid_row_handler=lambda row: "skip"))
             names = header.schema.names
-        with FileSystems.open(path) as handle:
+        with open_file(path) as handle:
             _, parse, convert = csv_options(data, names)
             reader = pacsv.open_csv(handle, read_options=pacsv.ReadOptions(block_size=1 << 20),
                                     parse_options=pacsv.ParseOptions(delimiter=parse.delimiter,
