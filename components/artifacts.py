@@ -58,15 +58,23 @@ def write_manifest(root: str | os.PathLike[str], kind: str, producer: str, **fac
     return manifest
 
 
-def read_manifest(root: str | os.PathLike[str], kind: str) -> dict[str, Any]:
-    """The manifest of a complete artifact of `kind`, or a DataError saying why `root` is not one."""
+def read_manifest_any(root: str | os.PathLike[str], kind: str = "") -> dict[str, Any]:
+    """The manifest of a complete artifact of whatever kind, or a DataError saying why `root` is not one."""
     path = Path(root, MANIFEST)
     try:
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{root} is not a complete {kind} artifact (no {MANIFEST})") from None
+        raise DataError(f"{root} is not a complete {kind + ' ' if kind else ''}artifact (no {MANIFEST})") from None
     except (OSError, ValueError) as error:
         raise DataError(f"{path} cannot be read: {error}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("digest"), str):
+        raise DataError(f"{path} is not a manifest (no digest)")
+    return manifest
+
+
+def read_manifest(root: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """The manifest of a complete artifact of `kind`, or a DataError saying why `root` is not one."""
+    manifest = read_manifest_any(root, kind)
     if manifest.get("kind") != kind:
         raise DataError(f"{root} holds a {manifest.get('kind')!r} artifact, expected {kind!r}")
     if manifest.get("schema_version") != SCHEMA_VERSION:

@@ -60,7 +60,11 @@ def _is_pattern(source: str) -> bool:
 def _match_local(source: str) -> list[SourceFile]:
     path = source.removeprefix("file://")
     try:
-        names = glob.glob(path) if _is_pattern(path) else [path] if os.path.exists(path) else []
+        # As Beam's filesystems match a URI: `**` crosses folders, hidden files count.
+        if _is_pattern(path):
+            names = glob.glob(path, recursive=True, include_hidden=True)
+        else:
+            names = [path] if os.path.exists(path) else []
         found = [(name, os.stat(name)) for name in names]
     except OSError as error:
         raise DataError(f"cannot list the data source {source}: {error.strerror}") from None

@@ -22,7 +22,7 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except TunepipeError as error:
             click.echo(f"tunepipe: error: {error}", err=True)
-            sys.exit(1)
+            sys.exit(getattr(error, "exit_code", 1))  # an interrupted run: 130 (SIGINT), 143 (SIGTERM)
         except KeyboardInterrupt:
             click.echo("tunepipe: interrupted", err=True)
             sys.exit(130)
@@ -130,9 +130,10 @@ def compile_pipeline(config_file, data, label, output_root, runner, image, outpu
                                              code_version=version.code_version(), required=required)
     compiler.Compiler().compile(pipeline_function, package_path=output)
     click.echo(f"compiled pipeline {cfg.name!r} ({len(steps.active(cfg.tuner.workers))} steps) to {output}")
-    if required:
-        click.echo(f"  {', '.join(required)}: paths of this machine, left out of the package; give them to a run "
-                   f"(e.g. tunepipe submit --param {required[0]}=...)")
+    parameters = [name for name in required if name != dag.HYPERMODEL_PATH]
+    if parameters:
+        click.echo(f"  {', '.join(parameters)}: paths of this machine, left out of the package; give them to a "
+                   f"run (e.g. tunepipe submit --param {parameters[0]}=...)")
 
 
 def _register_commands() -> None:

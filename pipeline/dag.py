@@ -16,6 +16,7 @@ result: the config section the step reads, the Beam options, a fingerprint of th
 """
 
 import inspect
+import os
 from pathlib import Path
 from collections.abc import Sequence
 from typing import Any, List, NamedTuple  # kfp reads List[Artifact], not list[...]
@@ -174,7 +175,7 @@ def _module_text(reference: str | None) -> str:
         return ""
     from components.model.hypermodel import HypermodelSource
 
-    return HypermodelSource.read(reference).source
+    return HypermodelSource.read(reference).as_parameter()
 
 
 def _location(path: str, *parts: str) -> str:
@@ -219,6 +220,8 @@ def _mount_volumes(task, step: steps.Step, config: PipelineConfig) -> None:
 # The pipeline parameters that are paths: on a cluster, a default that is a path of the compiling
 # machine means nothing to a pod, and tells whoever reads the package about that machine.
 PATH_PARAMETERS = ("source", "work_root", "serving_dir")
+# The hypermodel's module path inside the `tuner` parameter: named by its file alone in a package.
+HYPERMODEL_PATH = "tuner.hypermodel"
 
 
 def machine_paths(config: PipelineConfig, *directories: str | Path) -> list[str]:
@@ -231,9 +234,11 @@ def machine_paths(config: PipelineConfig, *directories: str | Path) -> list[str]
               if volume is not None]
     here = {str(Path.home()), str(Path.cwd()), tempfile.gettempdir(),
             *(str(Path(path).resolve()) for path in directories)}
+    values = {name: str(arguments[name]) for name in PATH_PARAMETERS}
+    if config.tuner.hypermodel:  # its text travels as `hypermodel_source`; its path only names it
+        values[HYPERMODEL_PATH] = config.tuner.hypermodel
     found = []
-    for name in PATH_PARAMETERS:
-        value = str(arguments[name])
+    for name, value in values.items():
         on_a_volume = any(value == mount or value.startswith(mount.rstrip("/") + "/") for mount in mounts)
         if "://" not in value and not on_a_volume and any(value.startswith(f"{root.rstrip('/')}/") for root in here):
             found.append(name)
@@ -252,6 +257,9 @@ def create_pipeline(config: PipelineConfig, image: str = DEFAULT_IMAGE, code_ver
            for step in active}
     defaults = pipeline_arguments(config, code_version)
     source = Path(config.data.source).name if "source" in required else config.data.source
+    if HYPERMODEL_PATH in required:
+        defaults["tuner"]["hypermodel"] = os.path.basename(config.tuner.hypermodel)
+    required = [name for name in required if name != HYPERMODEL_PATH]
 
     def tunepipe_pipeline(
         source: str = defaults["source"],

@@ -71,7 +71,8 @@ def _hypermodel(context: StepContext):
     module file and its digest go into the step's tracking run."""
     from components.model.hypermodel import HypermodelSource
 
-    reference, text = context.config["tuner"].hypermodel, context.parameters.get("hypermodel_source") or ""
+    reference = context.config["tuner"].hypermodel
+    text = HypermodelSource.from_parameter(context.parameters.get("hypermodel_source") or "")
     if not reference or not text:
         return None
     path, function = HypermodelSource.split(reference)

@@ -17,7 +17,9 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -32,7 +34,7 @@ from pipeline.tracking import StepRecorder
 ERROR_FILE_ENV = "TUNEPIPE_ERROR_FILE"
 # Set by `tunepipe run` once it is interrupted: a task kfp.local starts after that does nothing.
 INTERRUPTED_ENV = "TUNEPIPE_INTERRUPTED"
-INTERRUPTED = 130  # the exit code of a step cut short by Ctrl-C, as a shell has it
+INTERRUPTED = 130  # the exit code of a step not started because the run was interrupted (Ctrl-C)
 # Arguments that only key kfp's cache (they change when the data or the code do), or that are
 # recorded otherwise (a hypermodel module's text: as a file and a digest): not recorded as params.
 CACHE_KEYS = ("code_version", "data_fingerprint", "hypermodel_source")
@@ -103,8 +105,7 @@ class ChangedArtifact(TunepipeError):
 
 def artifact_digest(path: str, uri: str = "") -> str:
     """The content digest an artifact's manifest holds, checked against its files."""
-    with open(os.path.join(path, artifacts.MANIFEST)) as handle:
-        expected = json.load(handle)["digest"]
+    expected = artifacts.read_manifest_any(path)["digest"]
     found = artifacts.digest_tree(path)
     if found != expected:
         raise ChangedArtifact(uri or path, expected, found)
@@ -175,13 +176,39 @@ def run_step(name: str, **arguments: Any) -> Any:
         progress.timing(name, startup, time.monotonic() - began)
 
 
+@contextlib.contextmanager
+def interruptible(step: str) -> Iterator[None]:
+    """The first SIGINT (Ctrl-C) or SIGTERM (a pod deleted) ends the step as Ctrl-C does: its
+    tracking run is marked, one line says so, exit code 128 + the signal (130, 143); a second one
+    changes nothing. Signals can be handled in the main thread only; elsewhere Python's default holds."""
+    received: list[int] = []
+
+    def interrupted(number: int, _frame: Any) -> None:
+        for ignored in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(ignored, signal.SIG_IGN)
+        received.append(number)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    saved = {number: signal.signal(number, interrupted) for number in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    try:
+        yield
+    except KeyboardInterrupt:
+        number = received[0] if received else signal.SIGINT
+        print(f"tunepipe: {step}: interrupted ({signal.Signals(number).name})", file=sys.stderr, flush=True)
+        raise SystemExit(128 + number) from None
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+
+
 def run_here(name: str, arguments: dict[str, Any]) -> Any:
     """Run the step `name` in this process."""
     from pipeline import tracking
 
     step = steps.BY_NAME[name]
     quiet_libraries()
-    with user_errors(name):
+    with interruptible(name), user_errors(name):
         task_artifacts = {key: value for key, value in arguments.items() if _is_artifact(value)}
         parameters = {key: value for key, value in arguments.items() if key not in task_artifacts}
         config = {key: _section(key, parameter, parameters) for parameter, key in step.sections.items()}

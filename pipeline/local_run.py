@@ -91,6 +91,14 @@ class _Progress(logging.Filter):
         return True
 
 
+class Interrupted(TunepipeError):
+    """The run was cut short by a signal; `exit_code` as a shell has it (130 for SIGINT)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class _Interruption:
     """Ctrl-C (SIGINT) or SIGTERM during a run: the steps running are told (they mark their
     tracking runs and end), the steps not started yet do nothing, and the run ends with one line."""
@@ -122,8 +130,9 @@ class _Interruption:
             return
         what = f"while {' and '.join(self._running)} {'were' if len(self._running) > 1 else 'was'} running" \
             if self._running else "between steps"
-        raise TunepipeError(f"interrupted ({self.signal}) {what}; the finished steps are kept, and the next "
-                            "tunepipe run resumes from them (a search from its finished trials)")
+        raise Interrupted(f"interrupted ({self.signal}) {what}; the finished steps are kept, and the next "
+                          "tunepipe run resumes from them (a search from its finished trials)",
+                          128 + signal.Signals[self.signal].value)
 
 
 def _error_from_steps(error_file: Path, log_file: Path) -> TunepipeError:

@@ -116,9 +116,13 @@ def submit(address: str, name: str, arguments: dict[str, Any]) -> Any:
     with connection:
         sys.stdout.flush()
         sys.stderr.flush()
-        socket.send_fds(connection, [b"fds"], [0, 1, 2])
-        _send(connection, {"step": name, "arguments": arguments, "cwd": os.getcwd(), "environ": dict(os.environ)})
-        child = _receive(connection)["pid"]
+        try:
+            socket.send_fds(connection, [b"fds"], [0, 1, 2])
+            _send(connection, {"step": name, "arguments": arguments, "cwd": os.getcwd(),
+                               "environ": dict(os.environ)})
+            child = _receive(connection)["pid"]
+        except (OSError, ConnectionError) as error:  # nothing ran yet: the task runs its step itself
+            raise Unavailable(str(error)) from None
         forwarded = {number: signal.signal(number, lambda received, _frame: _forward(child, received))
                      for number in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -145,48 +149,50 @@ def _forward(child: int, number: int) -> None:
         os.kill(child, number)
 
 
-def _interrupted(number: int, _frame: Any) -> None:
-    """In a step: the first SIGINT or SIGTERM ends it as Ctrl-C does; a second changes nothing."""
-    for ignored in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(ignored, signal.SIG_IGN)
-    raise KeyboardInterrupt
-
 
 # --- the server's side ----------------------------------------------------------------------------
 
 def _run_child(connection: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
-    """In the fork: become the task (its stdio, directory, environment), run the step, answer."""
-    for number in (signal.SIGCHLD, signal.SIGPIPE):
-        signal.signal(number, signal.SIG_DFL)
+    """In the fork: become the task (its stdio, directory, environment), run the step, answer.
+    Whatever goes wrong here is the task's: its traceback on the task's stderr, exit code 1."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server ignores it; a step waits for its children
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as in any Python process: a broken pipe is an error
     for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, _interrupted)
-    for target, fd in enumerate(fds):
-        os.dup2(fd, target)
-        os.close(fd)
-    sys.stdout.reconfigure(line_buffering=True)  # progress lines reach the terminal as they come
-    os.chdir(request["cwd"])
-    os.environ.clear()
-    os.environ.update(request["environ"])
-    _send(connection, {"pid": os.getpid()})
-    threading.Thread(target=_die_with_task, args=(connection,), daemon=True).start()
-
+        signal.signal(number, signal.default_int_handler)  # until the step installs its own
     from pipeline import launcher
 
-    arguments, code, returns = request["arguments"], 0, None
+    arguments, code, returns, metadata = request["arguments"], 1, None, {}
     try:
-        returns = launcher.run_here(request["step"], arguments)
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else 1
-    except KeyboardInterrupt:
-        print(f"tunepipe: {request['step']}: interrupted", file=sys.stderr, flush=True)
-        code = launcher.INTERRUPTED
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        sys.stdout.reconfigure(line_buffering=True)  # progress lines reach the terminal as they come
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["environ"])
+        _send(connection, {"pid": os.getpid()})
+        threading.Thread(target=_die_with_task, args=(connection,), daemon=True).start()
+        try:
+            returns, code = launcher.run_here(request["step"], arguments), 0
+        except SystemExit as exit_:
+            code = _exit_code(exit_)
+        metadata = {key: dict(artifact.metadata) for key, artifact in _artifacts(arguments)}
+        reply = {"code": code, "returns": _portable(returns), "metadata": metadata}
+        pickle.dumps(reply)  # a return value that cannot travel is the step's error, said here
     except BaseException:  # a bug: its traceback, as the task's own process would print it
         traceback.print_exc()
-        code = 1
+        reply = {"code": 1, "returns": None, "metadata": {}}
     sys.stdout.flush()
     sys.stderr.flush()
-    metadata = {key: dict(artifact.metadata) for key, artifact in _artifacts(arguments)}
-    _send(connection, {"code": code, "returns": _portable(returns), "metadata": metadata})
+    _send(connection, reply)
+
+
+def _exit_code(exit_: SystemExit) -> int:
+    """What Python's own exit would make of `exit_`: None is 0, a message is printed and 1."""
+    if exit_.code is None or isinstance(exit_.code, int):
+        return exit_.code or 0
+    print(exit_.code, file=sys.stderr, flush=True)
+    return 1
 
 
 def _die_with_task(connection: socket.socket) -> None:
@@ -222,7 +228,7 @@ def _missing(libraries: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _warm(libraries: tuple[str, ...], uri: str) -> None:
-    with contextlib.suppress(ImportError):
+    with contextlib.suppress(Exception):  # a step that needs it imports it itself, and says why it fails
         _load(libraries)
     if uri:
         _open_store(uri)
@@ -239,6 +245,7 @@ def serve(address: str) -> None:
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(64)
+    listener.setblocking(False)  # two generations may both see a connection: one takes it
     _load(_ALWAYS)
     from pipeline import steps
 
@@ -256,7 +263,10 @@ def serve(address: str) -> None:
             *lines, commands = (commands + received).split(b"\n")
             uri = next((line[len(b"store "):].decode() for line in lines if line.startswith(b"store ")), "")
         if successor is not None and successor in ready:
-            return  # the next generation serves now
+            if os.read(successor, 16) == b"ready":
+                return  # the next generation serves now
+            os.close(successor)  # it died warming up: this one goes on serving
+            successor = None
         if listener in ready:
             request = _accept(listener, steps)
             if request:
@@ -279,7 +289,11 @@ def serve(address: str) -> None:
 
 def _accept(listener: socket.socket, steps: Any) -> dict[str, Any] | None:
     """Take a task's request and fork its step; the request, or None for one that made no sense."""
-    connection, _ = listener.accept()
+    try:
+        connection, _ = listener.accept()
+    except BlockingIOError:
+        return None  # the other generation took it
+    connection.setblocking(True)
     fds: list[int] = []
     try:
         _, fds, _, _ = socket.recv_fds(connection, 16, 3)

@@ -141,7 +141,17 @@ kubeflow:
     return config_file
 
 
+def config_with_a_hypermodel(directory: Path) -> Path:
+    """The penguins config (data in the image) with the user's own model module beside the config."""
+    config_file = config_for_the_cluster(directory)
+    (directory / "my_model.py").write_text("def build(hp, inputs):\n    return inputs.encoded\n")
+    config_file.write_text(config_file.read_text().replace("preprocess:", "tuner:\n  hypermodel: my_model.py:build\n"
+                                                                          "preprocess:", 1))
+    return config_file
+
+
 CONFIGS = {"bundled config": lambda directory: PENGUINS_CONFIG, "local data path": config_with_local_data,
+           "own hypermodel": config_with_a_hypermodel,
            "cluster config": config_for_the_cluster}
 
 
@@ -178,6 +188,14 @@ def test_any_compiled_package_names_no_path_of_this_machine(developer_machine, t
     for name in ("source", "work_root", "serving_dir"):
         assert "defaultValue" not in inputs[name] and not inputs[name].get("isOptional", False)
     assert inputs["label"]["defaultValue"] == "species"
+
+
+def test_a_hypermodel_module_travels_as_text_and_is_named_by_its_file(developer_machine, tmp_path):
+    package = compile_package(config_with_a_hypermodel(Path.cwd()), tmp_path / "pipeline.yaml")
+    assert paths_of_this_machine(package, tmp_path) == []
+    defaults = next(yaml.safe_load_all(package))["root"]["inputDefinitions"]["parameters"]
+    assert defaults["tuner"]["defaultValue"]["hypermodel"] == "my_model.py:build"
+    assert "def build(hp, inputs)" in defaults["hypermodel_source"]["defaultValue"]
 
 
 def test_a_password_in_the_tracking_uri_never_reaches_the_package(developer_machine, tmp_path):

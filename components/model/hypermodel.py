@@ -22,6 +22,7 @@ return type is one line naming the file and line, found by building once before 
 from __future__ import annotations
 
 import hashlib
+import json
 import traceback
 import types
 from dataclasses import dataclass, field
@@ -61,6 +62,17 @@ class HypermodelSource:
     @property
     def digest(self) -> str:
         return "sha256:" + hashlib.sha256(f"{self.function}\0{self.source}".encode()).hexdigest()
+
+    def as_parameter(self) -> str:
+        """The module's text as one line (a JSON string), the pipeline parameter it travels in: kfp
+        writes every parameter's default into the package's header comments, where a line break
+        would end the comment and break the YAML."""
+        return json.dumps(self.source)
+
+    @staticmethod
+    def from_parameter(parameter: str) -> str:
+        """The module's text from its parameter (`as_parameter`)."""
+        return json.loads(parameter) if parameter.startswith('"') else parameter
 
     @staticmethod
     def split(reference: str) -> tuple[str, str]:

@@ -102,7 +102,9 @@ def _run_row(store: Store, pipeline: Any) -> RunRow:
     eval_metrics = {key.removeprefix("eval_"): value for key, value in evaluate_metrics.items()
                     if key.startswith("eval_")}
     blessed_tag = evaluate.data.tags.get(tags.BLESSED) if evaluate is not None else None
-    blessed = None if blessed_tag is None else blessed_tag == tags.flag(True)
+    unchanged = evaluate.data.tags.get(tags.UNCHANGED) if evaluate is not None else None
+    # A candidate that is the model in production was not evaluated again: neither blessed nor not.
+    blessed = None if blessed_tag is None or unchanged else blessed_tag == tags.flag(True)
 
     failed = next((run for run in step_runs.values() if run.info.status == "FAILED"), None)
     failed_step = failed.data.tags[tags.STEP] if failed is not None else None
@@ -118,6 +120,8 @@ def _run_row(store: Store, pipeline: Any) -> RunRow:
         push_reason = f"failed in {failed_step}" + (f": {error.splitlines()[0]}" if error else "")
     elif pipeline.info.status == "RUNNING":
         push_reason = "still running"
+    elif unchanged:
+        push_reason = f"already in production ({unchanged})"
     elif blessed is False:
         push_reason = "not blessed"
     elif pipeline.info.status in ("FAILED", "KILLED"):

@@ -83,3 +83,13 @@ def test_bad_placeholders_are_config_errors(source, message):
 def test_a_window_without_spans_is_a_config_error():
     with pytest.raises(ConfigError, match=r"span_window 3 needs a span placeholder"):
         config.from_dict({"data": {"source": "/d/*.csv", "label": "species", "span_window": 3}})
+
+
+def test_a_local_pattern_matches_as_beams_filesystems_do(tmp_path):
+    from components.source import match
+
+    (tmp_path / "2026" / "12").mkdir(parents=True)
+    for name in ("2026/12/a.csv", "2026/b.csv", ".hidden.csv", "top.csv"):
+        (tmp_path / name).write_text("x\n")
+    found = [f.path for f in match(str(tmp_path / "**" / "*.csv"))]
+    assert found == sorted(str(tmp_path / name) for name in ("2026/12/a.csv", "2026/b.csv", ".hidden.csv", "top.csv"))

@@ -43,7 +43,7 @@ def test_ctrl_c_ends_the_run_with_one_line_and_no_orphans(tmp_path):
     took = time.monotonic() - interrupted
 
     lines = log.read_text().splitlines()
-    assert code != 0 and took < 20, (code, took)
+    assert code == 130 and took < 20, (code, took)
     assert lines[-1].startswith("tunepipe: error: interrupted (SIGINT) while ingest was running")
     assert "the next tunepipe run resumes" in lines[-1]
     assert not any("Traceback" in line for line in lines)

@@ -134,9 +134,19 @@ def test_a_signal_to_the_task_reaches_its_step(server, tmp_path):
     task = _task("sleepy", tmp_path / "task", server)
     child = _pid_when_started(tmp_path / "task")
     task.send_signal(signal.SIGTERM)
-    code = task.wait(timeout=30)
+    stdout, stderr = task.communicate(timeout=30)
     assert _gone(child)
-    assert code != 0
+    assert task.returncode == 143  # 128 + SIGTERM, as the step's own process would end
+    assert "tunepipe: sleepy: interrupted (SIGTERM)" in stderr
+
+
+def test_a_signal_ends_a_step_run_in_its_own_task_the_same_way(tmp_path):
+    task = _task("sleepy", tmp_path / "task", None)
+    assert _pid_when_started(tmp_path / "task") == task.pid
+    task.send_signal(signal.SIGTERM)
+    stdout, stderr = task.communicate(timeout=30)
+    assert task.returncode == 143
+    assert "tunepipe: sleepy: interrupted (SIGTERM)" in stderr and "Traceback" not in stderr
 
 
 def test_without_a_server_the_task_runs_its_step_itself(tmp_path):
