@@ -152,7 +152,8 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     see `dag.pipeline_arguments`)."""
     console = console or Console(stderr=True)
     output_root = Path(config.output_root).resolve()
-    tracking.check_server(tracking.tracking_uri(str(output_root), config.tracking_uri))
+    uri = tracking.tracking_uri(str(output_root), config.tracking_uri)
+    tracking.check_server(uri)
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     log_dir = output_root / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +162,8 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     # The steps' warm server starts first: it imports while the run gets ready.
     with step_server.started(log_dir / f"run-{stamp}.server.log") as server:
         os.environ[step_server.ENV] = server.address
+        if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
+            server.open_store(uri)  # a store that exists can be opened now, before the first step asks
         try:
             try:
                 return _run(config, code_version, use_cache, force_push, console, reuse_hyperparameters,
