@@ -128,7 +128,11 @@ def run_tfma(files: list[str], columns: dict[str, str], label: str, vocabulary: 
     from components.evaluate.extractors import batch_extractors
 
     if not per_example:
-        tfma_config = batched_config(tfma_config)
+        try:
+            tfma_config = batched_config(tfma_config)
+        except NotImplementedError as refused:  # a metric or slice with no batched form: TFMA's own path
+            print(f"evaluate: TFMA's per-example metrics ({refused})", flush=True)
+            per_example = True
     reader = tfx_io(columns, indexed_label=vocabulary is not None)
     shared_models = [tfma.default_eval_shared_model(eval_saved_model_path=candidate, model_name=CANDIDATE,
                                                     eval_config=tfma_config)]
