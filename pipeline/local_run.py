@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from components.errors import TunepipeError
-from pipeline import dag, launcher, progress, step_server, steps, tags, tracking
+from pipeline import dag, launcher, progress, run_lock, step_server, steps, tags, tracking
 from pipeline.config import PipelineConfig
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -159,8 +159,9 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"run-{stamp}.log"
     error_file = log_dir / f"run-{stamp}.errors.jsonl"
-    # The steps' warm server starts first: it imports while the run gets ready.
-    with step_server.started(log_dir / f"run-{stamp}.server.log") as server:
+    # One run at a time on an output root (a second one refuses); the steps' warm server starts
+    # first: it imports while the run gets ready.
+    with run_lock.held(output_root), step_server.started(log_dir / f"run-{stamp}.server.log") as server:
         os.environ[step_server.ENV] = server.address
         if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
             server.open_store(uri)  # a store that exists can be opened now, before the first step asks
