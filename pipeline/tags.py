@@ -29,6 +29,11 @@ CACHED = "tunepipe.cached"
 ERROR = "tunepipe.error"
 INPUT = "tunepipe.input"
 OUTPUT = "tunepipe.output"
+# A pipeline run: where it ran (the output root, the host), and how many runs of killed runs it
+# found RUNNING and marked KILLED when it started.
+OUTPUT_ROOT = "tunepipe.output_root"
+HOST = "tunepipe.host"
+CLOSED_ABANDONED = "tunepipe.closed_abandoned"
 
 # resolve-source
 SPANS = "tunepipe.spans"  # the data spans a run read, comma-separated, oldest first
@@ -89,6 +94,7 @@ PRODUCTION_ALIAS = "production"
 VERSION_SERVING = "serving_version"
 VERSION_FORCED = "forced"
 VERSION_DIGEST = "digest"
+VERSION_RECOVERED = "recovered"  # registered by a later run: its push was killed before it could
 
 # MLflow keeps a tag value up to this many characters.
 TAG_LIMIT = 5000

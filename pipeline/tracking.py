@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import time
 import warnings
 from collections.abc import Iterator
@@ -88,8 +89,12 @@ def pipeline_run(name: str, output_root: str, configured_uri: str | None, params
     uri = tracking_uri(output_root, configured_uri)
     mlflow.set_tracking_uri(uri)
     experiment_id = _experiment(name, output_root)
+    where = {tags.OUTPUT_ROOT: str(Path(output_root).resolve()), tags.HOST: socket.gethostname()}
+    abandoned = close_abandoned(experiment_id, where)
     with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.set_tag(tags.KIND, tags.PIPELINE)
+        mlflow.set_tags({tags.KIND: tags.PIPELINE, **where})
+        if abandoned:
+            mlflow.set_tag(tags.CLOSED_ABANDONED, str(len(abandoned)))
         mlflow.log_params({key: _param(value) for key, value in params.items()})
         # Step subprocesses inherit these and nest their runs under this one; a server lost mid-run
         # fails the step that lost it within about a minute (unless the environment says otherwise).
@@ -97,6 +102,42 @@ def pipeline_run(name: str, output_root: str, configured_uri: str | None, params
                 environment({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id,
                              PARENT_RUN_ENV: run.info.run_id}):
             yield run
+
+
+def close_abandoned(experiment_id: str, where: dict[str, str]) -> list[str]:
+    """Mark KILLED the runs left RUNNING by earlier pipeline runs of this output root on this host
+    (their `tunepipe run` was killed, or one of its steps was: a SIGKILLed process closes nothing);
+    the ids of the runs marked. Called by a run that holds the output root (`pipeline.run_lock`),
+    so none of those runs is live. A run of another output root or host is never touched."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    running = {run.info.run_id: run for run in client.search_runs(
+        [experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=5000)}
+    roots: dict[str, Any] = {}
+
+    def root(run: Any) -> Any:
+        seen = set()
+        while (parent := run.data.tags.get(tags.PARENT_RUN)) and parent not in seen:
+            seen.add(parent)
+            if parent not in roots:
+                try:
+                    roots[parent] = running.get(parent) or client.get_run(parent)
+                except MlflowException:
+                    break
+            run = roots[parent]
+        return run
+
+    closed = []
+    for run_id, run in running.items():
+        pipeline = root(run)
+        if all(pipeline.data.tags.get(key) == value for key, value in where.items()):
+            client.set_tag(run_id, tags.ERROR, "its tunepipe run ended without closing it (killed); marked KILLED "
+                                               "by the next run on this output root")
+            client.set_terminated(run_id, status="KILLED")
+            closed.append(run_id)
+    return closed
 
 
 @contextlib.contextmanager
