@@ -19,9 +19,9 @@ import logging
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from components import artifacts
 from components.errors import TunepipeError
@@ -46,8 +46,10 @@ class PushResult:
 
 
 @contextlib.contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """One push at a time per model, so two pushes cannot take the same version number."""
+def locked(serving_dir: str | os.PathLike[str], model_name: str) -> Iterator[None]:
+    """One push at a time per model, so two pushes cannot take the same version number, and the
+    registry is told of a version before anyone else looks at the two together."""
+    root = Path(serving_dir, model_name)
     root.mkdir(parents=True, exist_ok=True)
     with open(root / ".push.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -86,8 +88,12 @@ def served_digest(version_dir: str | os.PathLike[str]) -> str | None:
 
 
 def run(model: str | os.PathLike[str], blessing: dict[str, Any], serving_dir: str | os.PathLike[str],
-        model_name: str, force: bool = False) -> PushResult:
-    """Push `model` to `<serving_dir>/<model_name>/<next version>/` if `blessing` says so (or `force`)."""
+        model_name: str, force: bool = False, register: Callable[[PushResult], str] | None = None) -> PushResult:
+    """Push `model` to `<serving_dir>/<model_name>/<next version>/` if `blessing` says so (or `force`).
+
+    `register` tells the model registry of the new version (its return value: the registry's
+    version number), still holding the lock; if it fails, the version is taken back out of the
+    serving directory, so that nothing is served that the registry does not know."""
     model = Path(model)
     manifest = artifacts.read_manifest(model, artifacts.MODEL)
     if not (model / SAVED_MODEL).is_file():
@@ -96,7 +102,7 @@ def run(model: str | os.PathLike[str], blessing: dict[str, Any], serving_dir: st
     if not blessed and not force:
         return PushResult(False, "not blessed: " + blessing_reason(blessing))
     root = Path(serving_dir, model_name)
-    with _locked(root):
+    with locked(serving_dir, model_name):
         _clear_leftovers(root)
         versions = serving_versions(serving_dir, model_name)
         if versions and served_digest(root / str(versions[-1])) == manifest["digest"]:
@@ -111,10 +117,26 @@ def run(model: str | os.PathLike[str], blessing: dict[str, Any], serving_dir: st
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-    forced = force and not blessed
-    reason = "forced by --force-push although not blessed" if forced else "blessed"
+        forced = force and not blessed
+        reason = "forced by --force-push although not blessed" if forced else "blessed"
+        result = PushResult(True, reason, version, str(final), forced, digest=manifest["digest"])
+        if register is not None:
+            try:
+                result = replace(result, registry_version=register(result))
+            except BaseException:
+                _withdraw(final, root, version)
+                raise
     log.info("push: %s version %d to %s (%s)", model_name, version, final, reason)
-    return PushResult(True, reason, version, str(final), forced, digest=manifest["digest"])
+    return result
+
+
+def _withdraw(final: Path, root: Path, version: int) -> None:
+    """Take a version back out of serving: renamed away first (TF Serving stops seeing it at once),
+    then removed."""
+    hidden = root / f".{version}.partial-{uuid.uuid4().hex[:8]}"
+    os.rename(final, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
+    log.warning("push: version %d taken back out of %s: the registry was not told of it", version, root)
 
 
 def write_result(result: PushResult, path: str | os.PathLike[str]) -> None:

@@ -268,6 +268,8 @@ def resolve_baseline(context: StepContext) -> Outcome:
 
     serving_dir, model_name = context.parameters["serving_dir"], context.parameters["model_name"]
     registered = registry.production(model_name) if context.record.enabled else None
+    if context.record.enabled:
+        registered = registry.reconcile(serving_dir, model_name, registered)
     found = context.component(serving_dir, model_name, context.path("baseline"), registered=registered)
     warm_start = context.parameters["warm_start"]
     if warm_start and not found:
@@ -348,8 +350,6 @@ def _unchanged(context: StepContext, served: str) -> Outcome:
 
 def push(context: StepContext) -> Outcome:
     """A blessed (or forced) model into the serving directory, then into the registry."""
-    import dataclasses
-
     from components.evaluate.blessing import FILE as BLESSING
     from components.push import write_result
     from pipeline import registry
@@ -358,10 +358,10 @@ def push(context: StepContext) -> Outcome:
         verdict = json.load(handle)
     model = context.artifacts[artifacts.MODEL]
     model_name, force = context.parameters["model_name"], context.parameters["force_push"]
-    result = context.component(model.path, verdict, context.parameters["serving_dir"], model_name, force=force)
-    if result.pushed and context.record.enabled:
-        version = registry.register(model_name, result, model.metadata.get("training_run_id") or None)
-        result = dataclasses.replace(result, registry_version=version)
+    run_id = model.metadata.get("training_run_id") or None
+    register = (lambda pushed: registry.register(model_name, pushed, run_id)) if context.record.enabled else None
+    result = context.component(model.path, verdict, context.parameters["serving_dir"], model_name, force=force,
+                               register=register)
     pushed = context.path("pushed")
     os.makedirs(pushed, exist_ok=True)
     write_result(result, os.path.join(pushed, "push.json"))

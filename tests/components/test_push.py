@@ -96,3 +96,18 @@ def test_pushing_something_that_is_not_a_model_artifact(tmp_path):
     (tmp_path / "junk").mkdir()
     with pytest.raises(DataError, match="is not a complete model artifact"):
         push.run(tmp_path / "junk", BLESSED, tmp_path / "serving", "penguins")
+
+
+def test_a_push_the_registry_could_not_be_told_of_is_taken_back_out(tmp_path):
+    serving = tmp_path / "serving"
+    push.run(model_artifact(tmp_path / "m1", b"one"), BLESSED, serving, "penguins", register=lambda pushed: "1")
+
+    def unreachable(pushed):
+        assert (serving / "penguins" / str(pushed.version) / "saved_model.pb").is_file()  # told after the rename
+        raise ConnectionError("the tracking server does not answer")
+
+    with pytest.raises(ConnectionError):
+        push.run(model_artifact(tmp_path / "m2", b"two"), BLESSED, serving, "penguins", register=unreachable)
+    assert [entry.name for entry in (serving / "penguins").iterdir() if entry.is_dir()] == ["1"]
+    assert push.run(model_artifact(tmp_path / "m2", b"two"), BLESSED, serving, "penguins",
+                    register=lambda pushed: "2").registry_version == "2"

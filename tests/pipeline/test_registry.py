@@ -2,6 +2,8 @@
 tagged, the production alias moves to it, and resolve-baseline finds it there."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -43,3 +45,44 @@ def test_a_push_is_registered_and_becomes_production(tmp_path, client):
     # resolve-baseline takes the registry's answer over the newest directory.
     (tmp_path / "serving" / "penguins" / "3").mkdir()
     assert resolve_baseline.resolve(tmp_path / "serving", "penguins", found) == found
+
+
+def served(tmp_path, version: int) -> Path:
+    """A version directory as a push leaves it: a SavedModel and its digest file."""
+    path = tmp_path / "serving" / "penguins" / str(version)
+    path.mkdir(parents=True)
+    (path / "saved_model.pb").write_bytes(b"graph")
+    (path / "tunepipe_model_digest.txt").write_text(f"sha256:{version}\n")
+    return path
+
+
+def test_a_version_served_but_never_registered_is_registered_when_the_next_run_resolves(tmp_path, client):
+    registry.register("penguins", pushed(tmp_path, 1), None)
+    newest = served(tmp_path, 2)  # a push killed between its rename and the registry
+    production = registry.reconcile(str(tmp_path / "serving"), "penguins", registry.production("penguins"))
+
+    assert (production.path, production.version) == (str(newest), 2)
+    alias = client.get_model_version_by_alias("penguins", tags.PRODUCTION_ALIAS)
+    assert alias.source == str(newest) and alias.tags[tags.VERSION_RECOVERED] == "true"
+    assert alias.tags[tags.VERSION_DIGEST] == "sha256:2"
+    # Asked again, nothing changes: no second registered version of the same directory.
+    assert registry.reconcile(str(tmp_path / "serving"), "penguins", registry.production("penguins")).version == 2
+    assert len(client.search_model_versions("name = 'penguins'")) == 2
+
+
+def test_a_version_registered_without_its_alias_gets_the_alias_not_a_second_version(tmp_path, client):
+    registry.register("penguins", pushed(tmp_path, 1), None)
+    newest = served(tmp_path, 2)
+    # A push killed between creating the registry's version and moving the alias.
+    client.create_model_version("penguins", source=str(newest), tags={tags.VERSION_SERVING: "2"})
+    registry.reconcile(str(tmp_path / "serving"), "penguins", registry.production("penguins"))
+
+    assert client.get_model_version_by_alias("penguins", tags.PRODUCTION_ALIAS).source == str(newest)
+    assert len(client.search_model_versions("name = 'penguins'")) == 2
+
+
+def test_an_integer_directory_no_push_made_is_left_to_its_owner(tmp_path, client):
+    registry.register("penguins", pushed(tmp_path, 1), None)
+    (tmp_path / "serving" / "penguins" / "2").mkdir()  # no SavedModel in it
+    production = registry.production("penguins")
+    assert registry.reconcile(str(tmp_path / "serving"), "penguins", production) == production
