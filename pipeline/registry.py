@@ -13,9 +13,10 @@ answers, registers it then (tagged `recovered`).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
-from components import push
+from components import artifacts, push
 from components.push import PushResult
 from components.resolve_baseline import REGISTRY, Baseline, serving_versions
 from components.serving import SAVED_MODEL
@@ -31,12 +32,36 @@ def production(model_name: str) -> Baseline | None:
 
     try:
         version = MlflowClient().get_model_version_by_alias(model_name, tags.PRODUCTION_ALIAS)
-    except MlflowException:
-        return None
-    if not version.source:
+    except MlflowException as error:
+        if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None  # no such model, or no alias yet; a server that does not answer is not "none"
+        raise
+    if not _served_path(version):
         return None
     serving_version = version.tags.get(tags.VERSION_SERVING)
-    return Baseline(version.source, int(serving_version) if serving_version else None, REGISTRY)
+    return Baseline(_served_path(version), int(serving_version) if serving_version else None, REGISTRY)
+
+
+def _served_path(version) -> str:
+    """A registered version's directory in the serving directory (its source, where the registry
+    took the path as the source)."""
+    return version.tags.get(tags.VERSION_PATH) or version.source
+
+
+def _source(path: str, digest: str | None, run_id: str | None) -> tuple[str, str | None]:
+    """The source and run of a new version. A store on this machine takes the served directory; a
+    tracking server takes a local path only inside the run's artifacts, so there the source is the
+    training run's copy of the model (train logs it), that run found by the model's digest if not given."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    if not mlflow.get_tracking_uri().startswith(("http://", "https://")):
+        return path, run_id
+    if run_id is None and digest and os.environ.get("MLFLOW_EXPERIMENT_ID"):
+        made_it = f"tags.`{tags.output(artifacts.MODEL, 'digest')}` = '{digest}'"
+        found = MlflowClient().search_runs([os.environ["MLFLOW_EXPERIMENT_ID"]], made_it, max_results=1)
+        run_id = found[0].info.run_id if found else None
+    return (f"runs:/{run_id}/{artifacts.MODEL}", run_id) if run_id else (path, run_id)
 
 
 def register(model_name: str, pushed: PushResult, run_id: str | None, recovered: bool = False) -> str:
@@ -51,13 +76,15 @@ def register(model_name: str, pushed: PushResult, run_id: str | None, recovered:
         client.get_registered_model(model_name)
     except MlflowException:
         client.create_registered_model(model_name, description="Pushed by tunepipe")
-    source = str(Path(pushed.path))
+    path = str(Path(pushed.path))
     registered = next((version for version in client.search_model_versions(f"name = '{model_name}'")
-                       if version.source == source), None)
+                       if _served_path(version) == path), None)
     if registered is None:
+        source, run_id = _source(path, pushed.digest, run_id)
         registered = client.create_model_version(
             model_name, source=source, run_id=run_id,
-            tags={tags.VERSION_SERVING: str(pushed.version), tags.VERSION_FORCED: tags.flag(pushed.forced),
+            tags={tags.VERSION_SERVING: str(pushed.version), tags.VERSION_PATH: path,
+                  tags.VERSION_FORCED: tags.flag(pushed.forced),
                   tags.VERSION_DIGEST: pushed.digest or "", **({tags.VERSION_RECOVERED: "true"} if recovered else {})})
     client.set_registered_model_alias(model_name, tags.PRODUCTION_ALIAS, registered.version)
     log.info("push: registered %s version %s, now %s", model_name, registered.version, tags.PRODUCTION_ALIAS)

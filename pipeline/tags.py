@@ -94,6 +94,7 @@ PRODUCTION_ALIAS = "production"
 VERSION_SERVING = "serving_version"
 VERSION_FORCED = "forced"
 VERSION_DIGEST = "digest"
+VERSION_PATH = "serving_path"  # the version's directory in the serving directory
 VERSION_RECOVERED = "recovered"  # registered by a later run: its push was killed before it could
 
 # MLflow keeps a tag value up to this many characters.

@@ -39,9 +39,10 @@ def tracking_uri(output_root: str, configured: str | None = None) -> str:
 
 
 # How long a step waits for a tracking server that went away: MLflow's own defaults (7 retries,
-# exponential backoff, 120 s a request) make a lost server look like a hang for minutes.
+# exponential backoff, 120 s a request) make a lost server look like a hang for minutes. And no
+# "View run at ..." line from MLflow at the end of every run (one request more each).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def check_server(uri: str, timeout: float = 5.0) -> None:
@@ -87,21 +88,67 @@ def pipeline_run(name: str, output_root: str, configured_uri: str | None, params
     import mlflow
 
     uri = tracking_uri(output_root, configured_uri)
-    mlflow.set_tracking_uri(uri)
-    experiment_id = _experiment(name, output_root)
-    where = {tags.OUTPUT_ROOT: str(Path(output_root).resolve()), tags.HOST: socket.gethostname()}
-    abandoned = close_abandoned(experiment_id, where)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        mlflow.set_tags({tags.KIND: tags.PIPELINE, **where})
-        if abandoned:
-            mlflow.set_tag(tags.CLOSED_ABANDONED, str(len(abandoned)))
-        mlflow.log_params({key: _param(value) for key, value in params.items()})
-        # Step subprocesses inherit these and nest their runs under this one; a server lost mid-run
-        # fails the step that lost it within about a minute (unless the environment says otherwise).
-        with environment(HTTP_DEFAULTS, overwrite=False), \
-                environment({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id,
-                             PARENT_RUN_ENV: run.info.run_id}):
-            yield run
+    # The run's own requests are bounded as the steps' are, the last (closing its run) as the first.
+    with environment(HTTP_DEFAULTS, overwrite=False), server_lost(uri):
+        mlflow.set_tracking_uri(uri)
+        experiment_id = _experiment(name, output_root)
+        where = {tags.OUTPUT_ROOT: str(Path(output_root).resolve()), tags.HOST: socket.gethostname()}
+        abandoned = close_abandoned(experiment_id, where)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=run_name)
+        try:
+            mlflow.set_tags({tags.KIND: tags.PIPELINE, **where})
+            if abandoned:
+                mlflow.set_tag(tags.CLOSED_ABANDONED, str(len(abandoned)))
+            mlflow.log_params({key: _param(value) for key, value in params.items()})
+            # Step subprocesses inherit these and nest their runs under this one; a server lost
+            # mid-run fails the step that lost it within seconds (unless the environment says otherwise).
+            with environment({"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_ID": experiment_id,
+                              PARENT_RUN_ENV: run.info.run_id}):
+                yield run
+        except BaseException:
+            with _unless_lost():  # a server that is gone cannot close the run: the error says why it failed
+                mlflow.end_run(status="FAILED")
+            raise
+        mlflow.end_run()
+
+
+def _lost(error: BaseException) -> bool:
+    """An MLflow error saying the tracking server did not answer (refused, reset, timed out, 5xx
+    after the retries), not an answer it gave."""
+    import requests
+    from mlflow.exceptions import MlflowException, RestException
+
+    cause = error.__cause__ or error.__context__
+    return (isinstance(error, MlflowException) and not isinstance(error, RestException)
+            and isinstance(cause, requests.exceptions.RequestException))
+
+
+def _root_cause(error: BaseException) -> str:
+    while (cause := error.__cause__ or error.__context__) is not None:
+        error = cause
+    text = str(error).strip().splitlines()
+    return (text[0] if text else type(error).__name__)[:200]
+
+
+@contextlib.contextmanager
+def server_lost(uri: str) -> Iterator[None]:
+    """A tracking server that stops answering, as one line (a TunepipeError), not MLflow's traceback."""
+    try:
+        yield
+    except Exception as error:
+        if not _lost(error):
+            raise
+        raise TunepipeError(f"the tracking server {_without_credentials(uri)} stopped answering "
+                            f"({_root_cause(error)})") from None
+
+
+@contextlib.contextmanager
+def _unless_lost() -> Iterator[None]:
+    try:
+        yield
+    except Exception as error:
+        if not _lost(error):
+            raise
 
 
 def close_abandoned(experiment_id: str, where: dict[str, str]) -> list[str]:
@@ -278,15 +325,18 @@ def step_run(step: str, params: dict[str, Any], inputs: dict[str, tuple[str, str
         return
     import mlflow
 
-    with _start_step_run(mlflow, step):
+    with server_lost(mlflow.get_tracking_uri()), _start_step_run(mlflow, step):
         mlflow.set_tags({tags.STEP: step, tags.CACHED: tags.flag(False)})
         mlflow.log_params({key: _param(value) for key, value in params.items()})
         _log_inputs(mlflow, inputs or {})
         try:
             yield StepRecorder(mlflow)
         except BaseException as error:
-            mlflow.set_tag(tags.ERROR, str(error)[:tags.TAG_LIMIT])
-            mlflow.end_run(status="FAILED")
+            # A server that is gone takes neither the error nor the end: the step's error says what happened.
+            with _unless_lost():
+                if not _lost(error):
+                    mlflow.set_tag(tags.ERROR, str(error)[:tags.TAG_LIMIT])
+                mlflow.end_run(status="FAILED")
             raise
 
 

@@ -219,6 +219,7 @@ class _Tracer:
     def _version_node(self, version: Any) -> Node:
         aliases = self.store.aliases(version)
         facts = {"model": version.name, "version": str(version.version), "source": version.source or "",
+                 "served from": version.tags.get(tags.VERSION_PATH, "-"),
                  "aliases": ", ".join(f"@{alias}" for alias in aliases) or "-",
                  "serving version": version.tags.get(tags.VERSION_SERVING, "-"),
                  "forced": version.tags.get(tags.VERSION_FORCED, "-"),

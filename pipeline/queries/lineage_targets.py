@@ -49,7 +49,8 @@ def version_at(store: Store, candidates: list[str]) -> Any | None:
                 raise
             continue
         for version in versions:
-            if version.source and version.source.removeprefix("file://").rstrip("/") == str(path):
+            served = version.tags.get(tags.VERSION_PATH) or version.source  # a server's versions: a runs:/ source
+            if served and served.removeprefix("file://").rstrip("/") == str(path):
                 return version
     return None
 
