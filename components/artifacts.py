@@ -83,6 +83,21 @@ def read_manifest(root: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     return manifest
 
 
+def write_text_whole(path: str | os.PathLike[str], text: str) -> None:
+    """Write `path` so that it holds either what it held or all of `text`, never a part (a full disk,
+    a kill mid-write): written beside it, then renamed over it. An OSError names `path`."""
+    path = Path(path)
+    aside = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
+    try:
+        aside.write_text(text)
+        os.replace(aside, path)
+    except BaseException as error:
+        aside.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            error.filename = str(path)  # the file meant, not the one beside it
+        raise
+
+
 @contextlib.contextmanager
 def building(final: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a fresh directory beside `final`; on success it replaces `final`, on failure it is removed.

@@ -5,17 +5,18 @@ them, so `tunepipe --help` answers at once.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
 import click
 
 from pipeline.cli_options import stacked
-from components.errors import TunepipeError
+from components.errors import TunepipeError, disk_full
 
 
 class _Group(click.Group):
-    """Turns a user's mistake into one line on stderr and exit code 1, never a traceback."""
+    """Turns a user's mistake, or a full disk, into one line on stderr and exit code 1, never a traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -23,6 +24,12 @@ class _Group(click.Group):
         except TunepipeError as error:
             click.echo(f"tunepipe: error: {error}", err=True)
             sys.exit(getattr(error, "exit_code", 1))  # an interrupted run: 130 (SIGINT), 143 (SIGTERM)
+        except Exception as error:
+            full = disk_full(error)
+            if full is None:
+                raise
+            click.echo(f"tunepipe: error: {full}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             click.echo("tunepipe: interrupted", err=True)
             sys.exit(130)
@@ -79,6 +86,9 @@ def _run_locally(cfg, no_cache: bool, force_push: bool, reuse_hyperparameters: b
     from pipeline import local_run, version
 
     console = Console(stderr=True, soft_wrap=True)
+    # The run's log going unwritable (a full disk) must not put logging's own error report, a
+    # traceback, on the terminal: the run gives the log up (`progress.Tee`) and says what failed in one line.
+    logging.raiseExceptions = False
     # Check what is cheap to check before any step starts: the files exist and have the label.
     resolved = source.resolve(cfg.data.source, cfg.data.span_window)
     infer_schema(resolved.files, cfg.data)

@@ -8,8 +8,9 @@ run, calls the step's hook (`pipeline.hooks`, the few lines where steps really d
 what the hook reports: output digests and facts in the artifacts' metadata (what the KFP UI and
 the CLI summary show), metrics and tags in the tracking run.
 
-A user error in a step ends the task with one line on stderr, written also to the file named by
-`TUNEPIPE_ERROR_FILE` so that `tunepipe run` can repeat it, and exit code 1, never a traceback.
+A user error in a step, or a full disk, ends the task with one line on stderr, written also to the
+file named by `TUNEPIPE_ERROR_FILE` so that `tunepipe run` can repeat it, and exit code 1, never a
+traceback. A step that fails leaves none of its output artifacts behind, not even a part.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -26,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components import artifacts
-from components.errors import TunepipeError
+from components.errors import TunepipeError, disk_full
 from components.section import Section
 from pipeline import progress, step_server, steps
 from pipeline.tracking import StepRecorder
@@ -81,17 +83,60 @@ def quiet_libraries() -> None:
 
 @contextlib.contextmanager
 def user_errors(step: str) -> Iterator[None]:
-    """Turn a TunepipeError into one line and exit code 1."""
+    """Turn a TunepipeError, or any error that says the disk is full (`errors.disk_full`: whichever
+    library raised it), into one line and exit code 1."""
     try:
         yield
-    except TunepipeError as error:
+    except Exception as raised:
+        error = disk_full(raised) or raised
+        if not isinstance(error, TunepipeError):
+            raise
         print(f"tunepipe: error: {step}: {error}", file=sys.stderr, flush=True)
         error_file = os.environ.get(ERROR_FILE_ENV)
         if error_file:
             changed = {"changed": error.uri} if isinstance(error, ChangedArtifact) else {}
-            with open(error_file, "a", encoding="utf-8") as handle:
+            # On a full disk the file may not take the line: `tunepipe run` has it from the step's output.
+            with contextlib.suppress(OSError), open(error_file, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps({"step": step, "message": str(error), **changed}) + "\n")
         raise SystemExit(1) from None
+
+
+@contextlib.contextmanager
+def outputs_removed_on_failure(step: steps.Step, task_artifacts: dict[str, Any]) -> Iterator[None]:
+    """A step that fails leaves none of its output artifacts, whole or partial (a full disk, an
+    error, Ctrl-C): nothing half-written for a later step or a cache to take. Its outputs are every
+    artifact of the task that is not one of its inputs; their paths are the task's own in the
+    pipeline root, never an input's and never a working directory that outlives an attempt (the
+    tuner's state, which a resumed search needs)."""
+    try:
+        yield
+    except BaseException:
+        inputs = [path for key in step.inputs for path in _paths(task_artifacts.get(key))]
+        for key, value in task_artifacts.items():
+            for path in [] if key in step.inputs else _paths(value):
+                if _removable(path, inputs):
+                    _remove(path)
+        raise
+
+
+def _paths(value: Any) -> list[str]:
+    """The local paths of an artifact argument: one artifact's, or each of a list's."""
+    return [item.path for item in (value if isinstance(value, list) else [value]) if item is not None]
+
+
+def _removable(path: str, inputs: list[str]) -> bool:
+    """Not an input, nor a directory holding one (a safeguard: kfp gives every output its own path)."""
+    real = os.path.realpath(path)
+    return all(os.path.commonpath([real, os.path.realpath(held)]) != real for held in inputs)
+
+
+def _remove(path: str) -> None:
+    """Remove a file or a directory tree; what cannot be removed must not hide the step's own error."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 class ChangedArtifact(TunepipeError):
@@ -208,8 +253,8 @@ def run_here(name: str, arguments: dict[str, Any]) -> Any:
 
     step = steps.BY_NAME[name]
     quiet_libraries()
-    with interruptible(name), user_errors(name):
-        task_artifacts = {key: value for key, value in arguments.items() if _is_artifact(value)}
+    task_artifacts = {key: value for key, value in arguments.items() if _is_artifact(value)}
+    with interruptible(name), user_errors(name), outputs_removed_on_failure(step, task_artifacts):
         parameters = {key: value for key, value in arguments.items() if key not in task_artifacts}
         config = {key: _section(key, parameter, parameters) for parameter, key in step.sections.items()}
         inputs = _input_digests(step, task_artifacts)

@@ -136,12 +136,18 @@ class _Interruption:
 
 
 def _error_from_steps(error_file: Path, log_file: Path) -> TunepipeError:
-    if error_file.exists():
-        lines = [json.loads(line) for line in error_file.read_text().splitlines() if line.strip()]
-        if lines:
-            message = f"step {lines[-1]['step']} failed: {lines[-1]['message']}"
-            changed = next((line["changed"] for line in lines if line.get("changed")), None)
-            return _ChangedInput(message, changed) if changed else TunepipeError(message)
+    lines = []
+    with contextlib.suppress(OSError):
+        for line in error_file.read_text().splitlines():
+            with contextlib.suppress(ValueError):  # blank, or cut short by a full disk
+                lines.append(json.loads(line))
+    # The first step that failed (those kfp.local runs after it may fail of the same cause), as the
+    # run's output showed its line: a full disk may have kept it from writing the file.
+    first = next(iter(progress.step_errors or lines), None)
+    if first:
+        message = f"step {first['step']} failed: {first['message']}"
+        changed = next((line["changed"] for line in lines if line.get("changed")), None)
+        return _ChangedInput(message, changed) if changed else TunepipeError(message)
     return TunepipeError(f"the pipeline failed; the steps' output is in {log_file}")
 
 

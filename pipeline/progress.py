@@ -7,7 +7,9 @@ writes them through: every line goes to the log, and the marked ones are shown o
 """
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import sys
 import threading
 import time
@@ -17,6 +19,11 @@ MARKER = "tunepipe: progress: "
 # The line each step prints when it ends: how long it took to start (interpreter, imports, the
 # task's arguments) and how long its work took. `bench/whole_run` reads it from the run's log.
 TIMING = "tunepipe: timing: "
+# How a step's one-line error starts (`pipeline.launcher.user_errors`).
+ERROR = "tunepipe: error: "
+# The one-line errors of the steps the run's `Tee` passed, as the steps' error file holds them
+# ({"step", "message"}): what `tunepipe run` says when a full disk kept a step from writing that file.
+step_errors: list[dict[str, str]] = []
 
 
 def report(step: str, message: str) -> None:
@@ -40,29 +47,49 @@ def duration(seconds: float) -> str:
 
 class Tee(io.TextIOBase):
     """A text stream that writes everything to `log` and hands each complete progress line (the
-    text after the marker) to `show`."""
+    text after the marker) to `show`; the steps' one-line errors it passes go to `step_errors`.
+
+    A log that cannot be written (a full disk) is given up, not the run: its descriptor is pointed
+    at /dev/null, so that whatever writes to it (this stream, the root logger's handler) goes on
+    without an error, what it holds so far stays as it is, and the terminal goes on."""
 
     def __init__(self, log: io.TextIOBase, show: Callable[[str], None]):
         self._log, self._show, self._pending = log, show, ""
         self._lock = threading.Lock()  # kfp.local prints the tasks of a ParallelFor from threads
+        step_errors.clear()  # a Tee is one run's
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
         with self._lock:
-            self._log.write(text)
+            self._write_log(text)
             self._pending += text
             *lines, self._pending = self._pending.split("\n")
         for line in lines:
             # kfp.local prints a task's lines as they come; other output may precede the marker.
-            at = line.find(MARKER)
-            if at >= 0:
+            if (at := line.find(MARKER)) >= 0:
                 self._show(line[at + len(MARKER):].rstrip())
+            elif (at := line.find(ERROR)) >= 0:
+                step, _, message = line[at + len(ERROR):].rstrip().partition(": ")
+                step_errors.append({"step": step, "message": message})
         return len(text)
 
     def flush(self) -> None:
-        self._log.flush()
+        with self._lock:
+            self._write_log("")
+
+    def _write_log(self, text: str) -> None:
+        """Written through at once, so that a full disk is met here, not when the log is closed."""
+        try:
+            self._log.write(text)
+            self._log.flush()
+        except OSError:
+            with contextlib.suppress(OSError, ValueError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, self._log.fileno())
+                os.close(null)
+                self._log.flush()  # what the log's buffer still held goes to /dev/null
 
 
 class Clock:

@@ -13,6 +13,7 @@ and the trial that was cut short runs again.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -21,11 +22,12 @@ import math
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from components import artifacts, objectives
-from components.errors import TunepipeError
+from components.errors import TunepipeError, disk_full
 from components.model import data, hypermodel, network
 from components.model.hyperparameters import model_values
 from components.model.hypermodel import HypermodelSource
@@ -122,6 +124,36 @@ class _Progress:
                  trial.duration_s, outcome, best, int(trial.trial_id) + 1, self.expected_trials)
 
 
+@contextlib.contextmanager
+def _state_written_whole() -> Iterator[None]:
+    """Keras Tuner rewrites its state files (oracle.json, trial.json, tuner0.json) in place, so a
+    full disk or a kill mid-write would leave one cut short and the search could not be resumed:
+    while this holds, they are written whole (`artifacts.write_text_whole`), and a full disk ends
+    the search even where Keras Tuner would fail a trial for it."""
+    import keras_tuner
+    from keras_tuner.src import utils
+
+    original = utils.save_json
+
+    def save_json(path, obj):
+        if "://" in str(path):  # not a local file (gs://...): as Keras Tuner writes it
+            return original(path, obj)
+        text = json.dumps(obj)
+        try:
+            artifacts.write_text_whole(path, text)
+        except OSError as error:
+            if disk_full(error) is None:
+                raise
+            raise keras_tuner.errors.FatalError(str(error)) from error
+        return text
+
+    utils.save_json = save_json
+    try:
+        yield
+    finally:
+        utils.save_json = original
+
+
 def _tuner_class(algorithm: str | None):
     """Keras Tuner's tuner class for `algorithm` (None: its base Tuner, for an oracle of our own), with
     the recording hooks; imported late, as Keras Tuner pulls in TensorFlow."""
@@ -139,6 +171,16 @@ def _tuner_class(algorithm: str | None):
         def on_search_begin(self):
             super().on_search_begin()
             self.progress.search_begins(self)
+
+        def run_trial(self, trial, *args, **kwargs):
+            try:
+                return super().run_trial(trial, *args, **kwargs)
+            except Exception as error:
+                # A full disk is not the trial's failing (Keras Tuner would fail it for good): it
+                # ends the search, the trial unfinished, to run again when the search resumes.
+                if disk_full(error) is None:
+                    raise
+                raise keras_tuner.errors.FatalError(str(error)) from error
 
         def on_trial_begin(self, trial):
             super().on_trial_begin(trial)
@@ -265,7 +307,7 @@ def search_id(project: Path) -> str:
     except (FileNotFoundError, ValueError, KeyError):
         project.mkdir(parents=True, exist_ok=True)
         identity = uuid.uuid4().hex
-        path.write_text(json.dumps({"search_id": identity}) + "\n")
+        artifacts.write_text_whole(path, json.dumps({"search_id": identity}) + "\n")
         return identity
 
 
@@ -278,6 +320,7 @@ def project_dir(config: TunerConfig, examples: str | os.PathLike[str], transform
     return Path(work_dir) / f"{config.algorithm}-{fingerprint}"
 
 
+@_state_written_whole()
 def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out: str | os.PathLike[str],
         config: TunerConfig, observer: TrialObserver | None = None, *, work_dir: str | os.PathLike[str] | None = None,
         callbacks: list | None = None, hypermodel_source: HypermodelSource | None = None, worker: int = 0,

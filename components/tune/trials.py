@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from components import artifacts
 from components.model.hyperparameters import model_values
 from components.tune.observer import COMPLETED, FAILED, TrialEnd, TrialStart
 
@@ -59,7 +60,7 @@ def best_epoch(trial) -> int | None:
 
 
 def write_record(trial_dir: str | os.PathLike[str], record: dict[str, Any]) -> None:
-    Path(trial_dir, TRIAL_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    artifacts.write_text_whole(Path(trial_dir, TRIAL_RECORD), json.dumps(record, indent=2) + "\n")
 
 
 def read_record(trial_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
