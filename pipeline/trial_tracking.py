@@ -7,7 +7,8 @@ the train/eval metrics per epoch (step = epoch), the score, epochs, best epoch a
 metrics, and its status as a tag (`pipeline.tags`). Every finished trial is recorded exactly once:
 a trial's run is looked up by its search and trial id before one is created, a run cut short by a
 kill is deleted before the trial runs again, and `reconcile` gives a trial that finished without
-its run (a kill between Keras Tuner ending it and the run being closed) the run it lacks.
+its run (a kill between Keras Tuner ending it and the run being closed) the run it lacks. A
+resumed search takes the finished trial runs of its killed or interrupted attempts under its own run.
 """
 from __future__ import annotations
 
@@ -43,7 +44,25 @@ class MlflowTrials(TrialObserver):
         self._open: dict[str, str] = {}  # trial id -> the run of a trial that is training
 
     def search_began(self, search_id: str) -> None:
+        """A search starting or resuming: the trials an earlier attempt of it finished (an attempt
+        killed or interrupted: its step run did not finish) move under this attempt's run, so that
+        the search's run holds all its trials as `tunepipe trials` and lineage read them."""
         self.search_id = search_id
+        finished_attempts: dict[str, bool] = {self.parent_run_id: True}
+        for run in self._runs().values():
+            parent = run.data.tags.get(tags.PARENT_RUN)
+            if parent not in finished_attempts:
+                finished_attempts[parent] = not parent or self._finished(parent)
+            if not finished_attempts[parent] and run.data.tags.get(tags.TRIAL_STATUS) in FINAL_STATUSES:
+                self._client.set_tag(run.info.run_id, tags.PARENT_RUN, self.parent_run_id)
+
+    def _finished(self, run_id: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._client.get_run(run_id).info.status == "FINISHED"
+        except MlflowException:
+            return True  # gone: nothing to take the trial from
 
     def trial_began(self, trial: TrialStart) -> str | None:
         existing = self._runs(trial.trial_id).get(trial.trial_id)

@@ -63,7 +63,7 @@ def test_a_killed_search_resumes_without_recording_finished_trials_again(penguin
     assert [run.info.status for run in before.values() if run.info.run_id not in finished_before.values()] == ["KILLED"]
 
     # The rerun, e.g. the next pipeline run, under a new step run.
-    search(penguin_inputs, out, work_dir, mlflow_experiment, [KillAtTraining(ledger)])
+    rerun, _ = search(penguin_inputs, out, work_dir, mlflow_experiment, [KillAtTraining(ledger)])
 
     runs = trial_runs(mlflow_experiment)  # deleted runs (the killed attempt) are not listed
     counts = collections.Counter(run.data.tags[tags.TRIAL_ID] for run in runs)
@@ -71,6 +71,8 @@ def test_a_killed_search_resumes_without_recording_finished_trials_again(penguin
     after = {run.data.tags[tags.TRIAL_ID]: run for run in runs}
     assert {trial_id: after[trial_id].info.run_id for trial_id in finished_before} == finished_before
     assert all(run.data.tags[tags.TRIAL_STATUS] == "completed" for run in runs)
+    # One search on the record: the trials the killed attempt finished moved under the rerun's step run.
+    assert {run.data.tags[tags.PARENT_RUN] for run in runs} == {rerun.info.run_id}
 
 
 def ended(trial_id: str, status: str = "completed", score: float | None = 0.9) -> TrialEnd:
