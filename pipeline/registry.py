@@ -18,7 +18,8 @@ from pathlib import Path
 
 from components import artifacts, push
 from components.push import PushResult
-from components.resolve_baseline import REGISTRY, Baseline, serving_versions
+from components.errors import TunepipeError
+from components.resolve_baseline import REGISTRY, SERVING_DIR, Baseline, serving_versions
 from components.serving import SAVED_MODEL
 from pipeline import tags
 
@@ -35,7 +36,8 @@ def production(model_name: str) -> Baseline | None:
     except MlflowException as error:
         if error.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None  # no such model, or no alias yet; a server that does not answer is not "none"
-        raise
+        raise TunepipeError(f"the model registry did not say which version of {model_name} is in production "
+                            f"({error.error_code}: {str(error.message).splitlines()[0][:200]})") from None
     if not _served_path(version):
         return None
     serving_version = version.tags.get(tags.VERSION_SERVING)
@@ -57,9 +59,12 @@ def _source(path: str, digest: str | None, run_id: str | None) -> tuple[str, str
 
     if not mlflow.get_tracking_uri().startswith(("http://", "https://")):
         return path, run_id
-    if run_id is None and digest and os.environ.get("MLFLOW_EXPERIMENT_ID"):
-        made_it = f"tags.`{tags.output(artifacts.MODEL, 'digest')}` = '{digest}'"
-        found = MlflowClient().search_runs([os.environ["MLFLOW_EXPERIMENT_ID"]], made_it, max_results=1)
+    active = mlflow.active_run()
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or (active.info.experiment_id if active else None)
+    if run_id is None and digest and experiment_id:
+        made_it = (f"tags.`{tags.output(artifacts.MODEL, 'digest')}` = '{digest}' "
+                   f"and tags.`{tags.CACHED}` = '{tags.flag(False)}'")  # the run that trained it logged it
+        found = MlflowClient().search_runs([experiment_id], made_it, max_results=1)
         run_id = found[0].info.run_id if found else None
     return (f"runs:/{run_id}/{artifacts.MODEL}", run_id) if run_id else (path, run_id)
 
@@ -77,8 +82,11 @@ def register(model_name: str, pushed: PushResult, run_id: str | None, recovered:
     except MlflowException:
         client.create_registered_model(model_name, description="Pushed by tunepipe")
     path = str(Path(pushed.path))
+    # A version of the same directory and content: registered by a push killed before the alias
+    # moved (a directory a withdrawn push left registered holds another model now).
     registered = next((version for version in client.search_model_versions(f"name = '{model_name}'")
-                       if _served_path(version) == path), None)
+                       if _served_path(version) == path and version.tags.get(tags.VERSION_DIGEST) == pushed.digest),
+                      None)
     if registered is None:
         source, run_id = _source(path, pushed.digest, run_id)
         registered = client.create_model_version(
@@ -93,16 +101,27 @@ def register(model_name: str, pushed: PushResult, run_id: str | None, recovered:
 
 def reconcile(serving_dir: str, model_name: str, registered: Baseline | None) -> Baseline | None:
     """The production alias made to name the newest served version if a killed push left it behind;
-    the version in production then (`registered` when nothing needed doing)."""
+    the version in production then (`registered` when nothing needed doing; the served version,
+    unregistered, if the registry refuses it)."""
+    from mlflow.exceptions import MlflowException
+
     with push.locked(serving_dir, model_name):
         versions = serving_versions(serving_dir, model_name)
-        if not versions or (registered is not None and registered.version == versions[-1]):
+        if not versions:
             return registered
         newest = Path(serving_dir, model_name, str(versions[-1]))
+        if registered is not None and Path(registered.path) == newest:
+            return registered
         if not (newest / SAVED_MODEL).is_file():
             return registered  # not a push's: a push renames only a complete copy
         pushed = PushResult(True, "recovered", versions[-1], str(newest), digest=push.served_digest(newest))
-        version = register(model_name, pushed, None, recovered=True)
+        try:
+            version = register(model_name, pushed, None, recovered=True)
+        except MlflowException as error:
+            log.warning("resolve-baseline: TF Serving serves version %d of %s, which the registry's %s alias does not "
+                        "name, and the registry would not take it (%s); comparing against the served version",
+                        versions[-1], model_name, tags.PRODUCTION_ALIAS, str(error.message).splitlines()[0][:200])
+            return Baseline(str(newest), versions[-1], SERVING_DIR)
     log.warning("resolve-baseline: TF Serving serves version %d of %s, which the registry's %s alias did not name "
                 "(a push cut short); the alias now names it (registry version %s)", versions[-1], model_name,
                 tags.PRODUCTION_ALIAS, version)

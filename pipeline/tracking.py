@@ -118,9 +118,15 @@ def _lost(error: BaseException) -> bool:
     import requests
     from mlflow.exceptions import MlflowException, RestException
 
-    cause = error.__cause__ or error.__context__
-    return (isinstance(error, MlflowException) and not isinstance(error, RestException)
-            and isinstance(cause, requests.exceptions.RequestException))
+    seen = set()
+    while error is not None and id(error) not in seen:  # also under another error (Keras Tuner's FatalError)
+        seen.add(id(error))
+        cause = error.__cause__ or error.__context__
+        if (isinstance(error, MlflowException) and not isinstance(error, RestException)
+                and isinstance(cause, requests.exceptions.RequestException)):
+            return True
+        error = cause
+    return False
 
 
 def _root_cause(error: BaseException) -> str:

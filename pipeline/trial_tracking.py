@@ -100,6 +100,10 @@ class MlflowTrials(TrialObserver):
                 continue
             run_id = run.info.run_id if run is not None else self._create_run(trial.trial_id, trial.hyperparameters,
                                                                                trial.facts)
+            if run is not None:  # this search's run now, and no longer "killed"
+                self._client.set_tag(run_id, tags.PARENT_RUN, self.parent_run_id)
+                if tags.ERROR in run.data.tags:
+                    self._client.delete_tag(run_id, tags.ERROR)
             self._finish_run(run_id, trial)
             recorded[trial.trial_id] = run_id
         return recorded

@@ -85,7 +85,14 @@ class _Progress:
         self._epochs += 1
         numbers = {name: float(value) for name, value in (logs or {}).items()
                    if isinstance(value, (int, float)) and math.isfinite(float(value))}
-        self.observer.epoch_ended(trial.trial_id, epoch, numbers)
+        try:
+            self.observer.epoch_ended(trial.trial_id, epoch, numbers)
+        except Exception as error:
+            # The record failing (a tracking server gone) is not the trial failing: Keras Tuner would
+            # fail it for good; this ends the search, the trial unfinished, to run again on resume.
+            import keras_tuner
+
+            raise keras_tuner.errors.FatalError(f"recording trial {trial.trial_id}: {error}") from error
 
     def trial_ends(self, trial, trial_dir: str, training_started: bool) -> None:
         status = COMPLETED if trial.status == "COMPLETED" else FAILED if training_started else INVALID

@@ -74,7 +74,8 @@ def test_a_version_registered_without_its_alias_gets_the_alias_not_a_second_vers
     registry.register("penguins", pushed(tmp_path, 1), None)
     newest = served(tmp_path, 2)
     # A push killed between creating the registry's version and moving the alias.
-    client.create_model_version("penguins", source=str(newest), tags={tags.VERSION_SERVING: "2"})
+    client.create_model_version("penguins", source=str(newest), tags={tags.VERSION_SERVING: "2",
+                                                                      tags.VERSION_DIGEST: "sha256:2"})
     registry.reconcile(str(tmp_path / "serving"), "penguins", registry.production("penguins"))
 
     assert client.get_model_version_by_alias("penguins", tags.PRODUCTION_ALIAS).source == str(newest)
@@ -86,3 +87,14 @@ def test_an_integer_directory_no_push_made_is_left_to_its_owner(tmp_path, client
     (tmp_path / "serving" / "penguins" / "2").mkdir()  # no SavedModel in it
     production = registry.production("penguins")
     assert registry.reconcile(str(tmp_path / "serving"), "penguins", production) == production
+
+
+def test_a_directory_registered_for_another_model_is_not_taken_for_the_one_served_there_now(tmp_path, client):
+    # A push whose registry call failed after the server had applied it: registered, then withdrawn;
+    # the next push serves another model under the same number.
+    registry.register("penguins", pushed(tmp_path, 1), None)
+    now = PushResult(True, "blessed", 1, str(tmp_path / "serving" / "penguins" / "1"), digest="sha256:other")
+    number = registry.register("penguins", now, None)
+
+    alias = client.get_model_version_by_alias("penguins", tags.PRODUCTION_ALIAS)
+    assert str(alias.version) == number == "2" and alias.tags[tags.VERSION_DIGEST] == "sha256:other"
