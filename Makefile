@@ -9,7 +9,7 @@ CONFIG ?= data/penguins/pipeline.yaml
 # `uv run` must never re-resolve: what runs is what uv.lock pins.
 export UV_FROZEN := 1
 
-.PHONY: install browser demo test e2e clean
+.PHONY: install browser demo test e2e faults clean
 
 install:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -33,6 +33,11 @@ test: install browser
 ## Install, then run whole pipelines end to end with kfp.local (several minutes).
 e2e: install
 	$(UV) run pytest -m e2e
+
+## Install, then inject faults into whole runs: SIGKILL at seeded moments, a full disk, the
+## tracking server lost (tests/faults/, about 15 minutes).
+faults: install
+	$(UV) run pytest -m faults tests/faults
 
 clean:
 	rm -rf tunepipe-out .pytest_cache

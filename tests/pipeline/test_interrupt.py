@@ -9,21 +9,7 @@ import sys
 import time
 
 from tests.conftest import PENGUINS_CONFIG
-
-
-def _session_processes(session: int) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                command = handle.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if int(fields[3]) == session and fields[0] != "Z":  # the session id; zombies hold nothing
-            found.append(command)
-    return found
+from tests.faults.support import session_processes
 
 
 def test_ctrl_c_ends_the_run_with_one_line_and_no_orphans(tmp_path):
@@ -48,7 +34,7 @@ def test_ctrl_c_ends_the_run_with_one_line_and_no_orphans(tmp_path):
     assert "the next tunepipe run resumes" in lines[-1]
     assert not any("Traceback" in line for line in lines)
     time.sleep(2)  # a step's fork ends once its task is gone
-    assert _session_processes(run.pid) == []  # the step server, its forks, kfp's task processes
+    assert session_processes(run.pid) == []  # the step server, its forks, kfp's task processes
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}")
