@@ -7,6 +7,7 @@ library's error says it: `disk_full` finds it there, so that it is one line too.
 """
 import errno
 import re
+from collections.abc import Iterator
 
 
 class TunepipeError(Exception):
@@ -39,14 +40,21 @@ _FULL_PATH = re.compile(r"(?:device|exceeded): '([^']+)'|name = '([^']+)'|([^\s;
                         re.IGNORECASE)
 
 
-def disk_full(error: BaseException) -> DiskFull | None:
-    """`error` as a DiskFull if it, or an error in its chain (`__cause__`, `__context__`), says a
-    disk is full; else None."""
-    found: DiskFull | None = None
+def chain(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then what caused it (`__cause__`, else `__context__`), and so on: a library's error
+    wrapping the one that says what happened."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def disk_full(error: BaseException) -> DiskFull | None:
+    """`error` as a DiskFull if it, or an error in its chain, says a disk is full; else None."""
+    found: DiskFull | None = None
+    for current in chain(error):
         if isinstance(current, DiskFull):
             return current
         text = str(current)
@@ -58,5 +66,4 @@ def disk_full(error: BaseException) -> DiskFull | None:
             if path:
                 return DiskFull(str(path))
             found = found or DiskFull()
-        current = current.__cause__ or current.__context__
     return found

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from components.errors import TunepipeError
+from components.errors import TunepipeError, chain
 from pipeline import tags
 
 # The pipeline run a step nests its run under, handed to the step processes by `tunepipe run`.
@@ -118,20 +118,14 @@ def _lost(error: BaseException) -> bool:
     import requests
     from mlflow.exceptions import MlflowException, RestException
 
-    seen = set()
-    while error is not None and id(error) not in seen:  # also under another error (Keras Tuner's FatalError)
-        seen.add(id(error))
-        cause = error.__cause__ or error.__context__
-        if (isinstance(error, MlflowException) and not isinstance(error, RestException)
-                and isinstance(cause, requests.exceptions.RequestException)):
-            return True
-        error = cause
-    return False
+    # Also under another error (Keras Tuner's FatalError).
+    return any(isinstance(found, MlflowException) and not isinstance(found, RestException)
+               and isinstance(found.__cause__ or found.__context__, requests.exceptions.RequestException)
+               for found in chain(error))
 
 
 def _root_cause(error: BaseException) -> str:
-    while (cause := error.__cause__ or error.__context__) is not None:
-        error = cause
+    *_, error = chain(error)
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:200]
 
