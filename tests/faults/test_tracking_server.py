@@ -20,6 +20,7 @@ requests, 12 s, plus the ends of kfp.local's task, the step server and the CLI (
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import os
@@ -28,6 +29,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,12 +141,30 @@ def _next_run_completes(config: Path, output: Path, terminal: Path, server: Trac
     assert _running_runs(server.uri) == [], f"{time.monotonic() - started:.0f} s"
 
 
+@contextlib.contextmanager
+def _then_the_next_run_completes(run: subprocess.Popen, server: TrackingServer, config: Path, output: Path,
+                                 terminal: Path, serving: Path) -> Iterator[None]:
+    """Around a run that loses the server: whatever the body found, the run and the server end;
+    if it found nothing wrong, the server comes back and the next run completes."""
+    try:
+        yield
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+        server.kill()
+    server.start()
+    try:
+        _next_run_completes(config, output, terminal, server, serving)
+    finally:
+        server.kill()
+
+
 def test_a_server_lost_while_tune_runs_fails_tune_at_once_and_the_next_run_completes(tmp_path):
     server = TrackingServer(tmp_path / "tracking").start()
     serving, output, terminal = tmp_path / "serving", tmp_path / "out", tmp_path / "terminal.txt"
     config = write_config(tmp_path, write_table(tmp_path / "data" / "penguins.csv", seed=401), serving)
     run = start_run(config, output, terminal, env={"MLFLOW_TRACKING_URI": server.uri})
-    try:
+    with _then_the_next_run_completes(run, server, config, output, terminal, serving):
         assert wait_for_text(terminal, "→ tune running", run, timeout=RUN_TIMEOUT), terminal.read_text()[-3000:]
         server.kill()
         code, took = _ended(run, LOST_BOUND, terminal)
@@ -153,16 +173,6 @@ def test_a_server_lost_while_tune_runs_fails_tune_at_once_and_the_next_run_compl
         print(_failed_clearly(terminal, "tune"))
         assert wait_for_session_to_end(run.pid, 30) == []
         assert _served(serving) == {}
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-        server.kill()
-
-    server.start()
-    try:
-        _next_run_completes(config, output, terminal, server, serving)
-    finally:
-        server.kill()
 
 
 class _CuttingProxy(http.server.ThreadingHTTPServer):
@@ -244,7 +254,7 @@ def test_a_server_lost_as_push_registers_leaves_nothing_served_that_the_registry
     # register() asks for the registered model first; nothing before push does.
     proxy = _CuttingProxy(server, "/api/2.0/mlflow/registered-models/get", lose_the_server)
     run = start_run(config, output, terminal, env={"MLFLOW_TRACKING_URI": proxy.uri})
-    try:
+    with _then_the_next_run_completes(run, server, config, output, terminal, serving):
         assert wait_for_text(terminal, "→ push running", run, timeout=RUN_TIMEOUT), terminal.read_text()[-3000:]
         assert proxy.cut.wait(60), "push never asked the registry"
         code, took = _ended(run, LOST_BOUND, terminal)
@@ -258,13 +268,3 @@ def test_a_server_lost_as_push_registers_leaves_nothing_served_that_the_registry
         # at push's first registry request), so nothing may be served.
         assert served == {}, served
         print(_failed_clearly(terminal, "push"))
-    finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-        server.kill()
-
-    server.start()
-    try:
-        _next_run_completes(config, output, terminal, server, serving)
-    finally:
-        server.kill()
