@@ -16,22 +16,21 @@ import importlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from components import artifacts
-from components.beam_run import BeamConfig
-from components.evaluate.config import EvaluationConfig
-from components.ingest.config import DataConfig
-from components.preprocess.config import PreprocessConfig
-from components.section import Section
-from components.train.config import TrainingConfig
-from components.tune.config import TunerConfig
 from pipeline import tags
 
+if TYPE_CHECKING:
+    from components.section import Section
+
 # Sections of PipelineConfig a step can read, by their key in the config file.
-SECTIONS: dict[str, type[Section]] = {"data": DataConfig, "beam": BeamConfig, "preprocess": PreprocessConfig,
-                                      "tuner": TunerConfig, "training": TrainingConfig,
-                                      "evaluation": EvaluationConfig}
+# Named, like the components, so that reading the registry builds no config model.
+SECTIONS: dict[str, str] = {"data": "components.ingest.config:DataConfig", "beam": "components.beam_run:BeamConfig",
+                            "preprocess": "components.preprocess.config:PreprocessConfig",
+                            "tuner": "components.tune.config:TunerConfig",
+                            "training": "components.train.config:TrainingConfig",
+                            "evaluation": "components.evaluate.config:EvaluationConfig"}
 # Kubeflow volumes (`kubeflow.volumes.<name>`) a step can mount.
 SERVING_VOLUME, WORK_VOLUME = "serving", "work"
 # Artifacts that are not a step's manifest-carrying output: resolve-baseline's description of the
@@ -115,7 +114,12 @@ class Step:
         return _load(self.hook)
 
 
-def _load(reference: str) -> Callable[..., Any]:
+def section_type(key: str) -> type[Section]:
+    """The config model of the section `key` of the config file."""
+    return _load(SECTIONS[key])
+
+
+def _load(reference: str) -> Any:
     module, _, function = reference.partition(":")
     return getattr(importlib.import_module(module), function)
 

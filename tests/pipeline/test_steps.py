@@ -21,6 +21,13 @@ def test_every_step_names_a_component_and_a_hook_that_exist(step):
     assert set(step.sections.values()) <= set(steps.SECTIONS)
 
 
+@pytest.mark.parametrize("key", steps.SECTIONS)
+def test_every_section_names_the_config_model_of_its_key_in_the_config_file(key):
+    from pipeline import config
+
+    assert steps.section_type(key) is config.PipelineConfig.model_fields[key].annotation
+
+
 @pytest.mark.parametrize("step", steps.STEPS, ids=lambda step: step.name)
 def test_the_kfp_component_takes_the_registrys_sections_inputs_and_outputs(step):
     component = dag.component_function(step)
