@@ -7,7 +7,8 @@ how its one-line summary is written from what it recorded. The DAG (`pipeline.da
 launcher (`pipeline.launcher`), the summary of `tunepipe run` and the lineage queries read this
 table; nothing else lists the steps.
 
-Functions are named as `module:function` and imported only where they run, so reading the registry
+Functions are named as `module:function`, config models as `module:Class`, and imported only where
+they are used, so reading the registry
 costs nothing: the CLI, the config loader and the queries use it without TensorFlow, Beam or kfp.
 """
 from __future__ import annotations
