@@ -186,7 +186,7 @@ def _section(key: str, parameter: str, parameters: dict[str, Any]) -> Section:
     raw = dict(parameters[parameter])
     if key == "data":
         raw.update({name: parameters[name] for name in _DATA_PARAMETERS if name in parameters})
-    return config.section(steps.section_type(key), raw, f"{key} parameter")
+    return config.section(config.PipelineConfig.model_fields[key].annotation, raw, f"{key} parameter")
 
 
 def process_age() -> float:

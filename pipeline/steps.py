@@ -7,9 +7,9 @@ how its one-line summary is written from what it recorded. The DAG (`pipeline.da
 launcher (`pipeline.launcher`), the summary of `tunepipe run` and the lineage queries read this
 table; nothing else lists the steps.
 
-Functions are named as `module:function`, config models as `module:Class`, and imported only where
-they are used, so reading the registry
-costs nothing: the CLI, the config loader and the queries use it without TensorFlow, Beam or kfp.
+Functions are named as `module:function` and imported only where they run, and sections by their
+key in the config file (their models are `pipeline.config`'s), so reading the registry costs
+nothing: the CLI, the config loader and the queries use it without TensorFlow, Beam or kfp.
 """
 from __future__ import annotations
 
@@ -17,21 +17,13 @@ import importlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from components import artifacts
 from pipeline import tags
 
-if TYPE_CHECKING:
-    from components.section import Section
-
 # Sections of PipelineConfig a step can read, by their key in the config file.
-# Named, like the components, so that reading the registry builds no config model.
-SECTIONS: dict[str, str] = {"data": "components.ingest.config:DataConfig", "beam": "components.beam_run:BeamConfig",
-                            "preprocess": "components.preprocess.config:PreprocessConfig",
-                            "tuner": "components.tune.config:TunerConfig",
-                            "training": "components.train.config:TrainingConfig",
-                            "evaluation": "components.evaluate.config:EvaluationConfig"}
+SECTIONS = ("data", "beam", "preprocess", "tuner", "training", "evaluation")
 # Kubeflow volumes (`kubeflow.volumes.<name>`) a step can mount.
 SERVING_VOLUME, WORK_VOLUME = "serving", "work"
 # Artifacts that are not a step's manifest-carrying output: resolve-baseline's description of the
@@ -115,12 +107,7 @@ class Step:
         return _load(self.hook)
 
 
-def section_type(key: str) -> type[Section]:
-    """The config model of the section `key` of the config file."""
-    return _load(SECTIONS[key])
-
-
-def _load(reference: str) -> Any:
+def _load(reference: str) -> Callable[..., Any]:
     module, _, function = reference.partition(":")
     return getattr(importlib.import_module(module), function)
 
