@@ -163,17 +163,20 @@ def _search_runs(client, experiment_id: str, query: str) -> Iterator[Any]:
 def adopt(experiment_id: str, search_ids: list[str], parent_run_id: str) -> int:
     """Move the trial runs of the searches `search_ids` (the workers' of a parallel search) from
     their worker's run to `parent_run_id` (the merge's run, the search's tune run on the record);
-    how many it moved. Runs an earlier merge adopted stay with it (a merge run again over cached
-    workers does not take an earlier run's trials)."""
+    how many it moved. Runs an earlier merge adopted stay with it if that merge finished (a merge
+    run again over cached workers does not take an earlier run's trials); an attempt of this merge
+    that did not finish (killed after moving them, then retried) gives them up."""
     from mlflow import MlflowClient
 
-    client, moved, steps_of = MlflowClient(), 0, {}
+    client, moved, movable = MlflowClient(), 0, {}
     for search in search_ids:
         for run in _search_runs(client, experiment_id, f"tags.`{tags.SEARCH_ID}` = '{search}'"):
             parent = run.data.tags.get(tags.PARENT_RUN)
-            if parent not in steps_of:
-                steps_of[parent] = client.get_run(parent).data.tags.get(tags.STEP) if parent else None
-            if steps_of[parent] == "tune-worker":
+            if parent and parent not in movable:
+                found = client.get_run(parent)
+                step = found.data.tags.get(tags.STEP)
+                movable[parent] = step == "tune-worker" or (step == "tune" and found.info.status != "FINISHED")
+            if parent != parent_run_id and movable.get(parent):
                 client.set_tag(run.info.run_id, tags.PARENT_RUN, parent_run_id)
                 moved += 1
     return moved
