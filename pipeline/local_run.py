@@ -286,17 +286,24 @@ def _record_cached_steps(summary: RunSummary) -> None:
 def _step_facts(summary: RunSummary) -> dict[str, steps.Facts]:
     """What each step of this run recorded, by step: for a step the cache answered, the run that
     did its work (the queries of `tunepipe runs` see the same)."""
+    from pipeline.queries.records import inputs_of
     from pipeline.queries.store import Store
 
     store = Store(summary.tracking_uri)
     with store.errors():
         pipeline = store.run(summary.mlflow_run_id)
-        found = {}
-        for name, record in store.steps(pipeline).items():
-            run = store.effective(record, (pipeline.info.run_id,)) or record
-            found[name] = steps.Facts.of_run(run)
-        # The workers of a parallel search: one line for all of them.
+        runs = {name: store.effective(record, (pipeline.info.run_id,)) or record
+                for name, record in store.steps(pipeline).items()}
+        found = {name: steps.Facts.of_run(run) for name, run in runs.items()}
+        # The workers of a parallel search: one line for all of them; when the cache answered them,
+        # the workers that produced the results the search's merge took.
         workers = [run for run in store.children(pipeline) if run.data.tags.get(tags.STEP) == "tune-worker"]
+        if not workers and summary.parallel_trials > 1 and "tune" in runs:
+            merge = runs["tune"]
+            produced = [store.producer(steps.produced_as(name), digest, merge.info.experiment_id,
+                                       prefer=(merge.data.tags.get(tags.PARENT_RUN),))
+                        for name, (_, digest) in inputs_of(merge).items() if steps.produced_as(name) != name and digest]
+            workers = [run for run in produced if run is not None]
         if workers:
             found["tune-worker"] = steps.Facts.of_runs(workers)
         return found

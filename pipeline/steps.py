@@ -30,6 +30,9 @@ SERVING_VOLUME, WORK_VOLUME = "serving", "work"
 # model in production, and push's record of what it pushed; the workers' tuning results, which
 # the merge of a parallel search takes as one list.
 BASELINE, PUSHED, WORKER_TUNINGS = "baseline", "pushed", "worker_tunings"
+# An input that collects one output of each iteration of a ParallelFor (`dsl.Collected`): the step
+# and the output it collects. A step run records such an input item by item: `worker_tunings.0`, ...
+COLLECTED = {WORKER_TUNINGS: ("tune-worker", artifacts.TUNING)}
 
 
 @dataclass(frozen=True)
@@ -270,9 +273,16 @@ UNCACHED: tuple[str, ...] = tuple(step.name for step in STEPS if not step.cachea
 def producer(artifact: str, parallel_trials: int = 1) -> Step:
     """The step whose output `artifact` is, in a pipeline whose search runs `parallel_trials` at once
     (the last of the steps writing it: a parallel search's tuning is its merge's)."""
-    if artifact == WORKER_TUNINGS:
-        return BY_NAME["tune-worker"]
+    if artifact in COLLECTED:
+        return BY_NAME[COLLECTED[artifact][0]]
     return [step for step in active(parallel_trials) if artifact in step.outputs][-1]
+
+
+def produced_as(recorded_input: str) -> str:
+    """The name its producer gave an input a step run recorded: an item of a collected list
+    (`worker_tunings.0`) is the output it collects (a tune worker's `tuning`)."""
+    collected = COLLECTED.get(recorded_input.rsplit(".", 1)[0])
+    return collected[1] if collected and "." in recorded_input else recorded_input
 
 
 def active(parallel_trials: int) -> tuple[Step, ...]:

@@ -200,3 +200,6 @@ def test_a_parallel_search_runs_its_workers_at_once_and_is_one_search_on_the_rec
     assert again.returncode == 0, again.stderr
     states = step_states(again.stderr)
     assert states["tune-worker"] == states["tune-merge"] == "cached"
+    # The summary still says what the cached workers did: the runs that made the results the merge took.
+    assert "2 workers: 4 trials" in table_row(again.stderr, "tune-worker")
+    assert "4 trials on 2 workers" in table_row(again.stderr, "tune-merge")

@@ -275,7 +275,9 @@ class _Tracer:
             artifact = self._artifact_node(name, uri, digest, run)
             self.graph.connect(node.id, artifact.id, "produced")
         for name, (uri, digest) in inputs_of(run).items():
-            artifact = self._artifact_node(name, uri, digest, None)
+            # An item of a collected list (the merge's `worker_tunings.0`) is its producer's output.
+            produced_as = steps.produced_as(name)
+            artifact = self._artifact_node(produced_as, uri, digest, None)
             self.graph.connect(artifact.id, node.id, name)
             if digest and name in SERVED_INPUTS:
                 # A model in production (evaluate's baseline, train's warm start): the registered
@@ -283,8 +285,8 @@ class _Tracer:
                 for version in self.store.versions_with_digest(digest):
                     self.graph.connect(self._version_node(version).id, artifact.id, "served")
             elif digest:
-                upstream = self.store.producer(name, digest, run.info.experiment_id, prefer=self._prefer(run),
-                                               before=run.info.start_time)
+                upstream = self.store.producer(produced_as, digest, run.info.experiment_id,
+                                               prefer=self._prefer(run), before=run.info.start_time)
                 if upstream is not None:
                     upstream_node = self._step(upstream)
                     self.graph.connect(upstream_node.id, artifact.id, "produced")

@@ -12,7 +12,7 @@ import pytest
 from components import artifacts
 from components.model import hyperparameters as model
 from components.tune import artifact, trials
-from pipeline import launcher, tags
+from pipeline import launcher, queries, tags
 from tests.conftest import TaskArtifact
 from tests.tiny_search import tiny_config, trial_runs
 
@@ -21,13 +21,22 @@ WORKERS = 2
 
 def run_search(inputs, tmp_path: Path, name: str, tuner: dict, reuse: bool, workers=range(WORKERS)):
     """The workers' tasks, then the merge's; the merged tuning and the merge's MLflow run."""
-    common = dict(examples=TaskArtifact(str(inputs.examples)), transform=TaskArtifact(str(inputs.transform)),
-                  options=tuner, hypermodel_source="", code_version="test")
     parts = []
     for worker in workers:
         parts.append(TaskArtifact(str(tmp_path / f"{name}-worker-{worker}")))
-        launcher.run_step("tune-worker", **common, work_root=str(tmp_path / "work"), reuse_hyperparameters=reuse,
-                          worker=worker, workers=WORKERS, tuning=parts[-1])
+        launcher.run_step("tune-worker", **_common(inputs, tuner), work_root=str(tmp_path / "work"),
+                          reuse_hyperparameters=reuse, worker=worker, workers=WORKERS, tuning=parts[-1])
+    return run_merge(inputs, tmp_path, name, tuner, parts)
+
+
+def _common(inputs, tuner: dict) -> dict:
+    return dict(examples=TaskArtifact(str(inputs.examples)), transform=TaskArtifact(str(inputs.transform)),
+                options=tuner, hypermodel_source="", code_version="test")
+
+
+def run_merge(inputs, tmp_path: Path, name: str, tuner: dict, parts: list[TaskArtifact]):
+    """The merge's task over the workers' results `parts`; the merged tuning and the merge's MLflow run."""
+    common = _common(inputs, tuner)
     tuning = TaskArtifact(str(tmp_path / name))
     launcher.run_step("tune-merge", **common, worker_tunings=parts, workers=WORKERS, tuning=tuning,
                       report=TaskArtifact(str(tmp_path / f"{name}-report.html")))
@@ -57,6 +66,16 @@ def test_two_workers_are_one_search_on_the_record_and_retraining_reuses_it(pengu
         if run.data.metrics["score"] == best_score}
     table = trials.read_table(Path(tuning.path, trials.TRIALS_TABLE))
     assert {row["tracking_id"] for row in table} == {run.info.run_id for run in runs}
+    # Lineage of the merged tuning goes through each worker's result to the worker run that made it.
+    graph = queries.lineage(tuning.uri)
+    merge_node = f"step:{merge_run.info.run_id}"
+    collected = [graph.nodes[edge.source] for edge in graph.upstream(merge_node)
+                 if edge.label.startswith("worker_tunings.")]
+    assert sorted(node.label for node in collected) == ["tuning", "tuning"]
+    makers = {graph.nodes[edge.source].run_id: graph.nodes[edge.source].facts["step"]
+              for node in collected for edge in graph.upstream(node.id)}
+    worker_runs = mlflow.MlflowClient().search_runs([step_tracking], f"tags.`{tags.STEP}` = 'tune-worker'")
+    assert makers == {run.info.run_id: "tune-worker" for run in worker_runs} and len(makers) == WORKERS
 
     # Retraining: every worker reuses that search, the merge says so, and no trial runs again.
     again, reused_run = run_search(penguin_inputs, tmp_path, "second", options, reuse=True)
@@ -66,6 +85,23 @@ def test_two_workers_are_one_search_on_the_record_and_retraining_reuses_it(pengu
     assert (model.read_hyperparameters(Path(again.path, artifact.BEST_HYPERPARAMETERS))
             == model.read_hyperparameters(Path(tuning.path, artifact.BEST_HYPERPARAMETERS)))
     assert reused_run.data.tags[tags.input("tuning", "digest")] == tuning.metadata["digest"]
+
+
+def test_a_retried_merge_takes_the_trials_its_killed_attempt_had_moved(penguin_inputs, step_tracking, tmp_path):
+    """KFP retries a merge killed after it moved the workers' trial runs under its run: the retry's
+    run is the tune run on the record and holds every trial; a merge that finished keeps its own."""
+    options = tiny_config(algorithm="random", max_trials=2, parallel_trials=WORKERS).model_dump(
+        mode="json", exclude_none=True)
+    _, killed = run_search(penguin_inputs, tmp_path, "attempt", options, reuse=False)
+    assert {run.data.tags[tags.PARENT_RUN] for run in trial_runs(step_tracking)} == {killed.info.run_id}
+    mlflow.MlflowClient().update_run(killed.info.run_id, status="RUNNING")  # as the killed attempt left it
+    parts = [TaskArtifact(str(tmp_path / f"attempt-worker-{worker}")) for worker in range(WORKERS)]
+    _, retried = run_merge(penguin_inputs, tmp_path, "retry", options, parts)
+    assert {run.data.tags[tags.PARENT_RUN] for run in trial_runs(step_tracking)} == {retried.info.run_id}
+
+    _, later = run_merge(penguin_inputs, tmp_path, "later", options, parts)
+    assert later.info.run_id != retried.info.run_id
+    assert {run.data.tags[tags.PARENT_RUN] for run in trial_runs(step_tracking)} == {retried.info.run_id}
 
 
 def test_a_merge_over_a_missing_worker_fails_in_one_line_and_writes_nothing(penguin_inputs, step_tracking, tmp_path,

@@ -51,6 +51,15 @@ def test_the_registry_lists_the_artifacts_and_uncached_steps_the_dag_uses():
     assert steps.UNCACHED == ("resolve-source", "resolve-baseline", "push")
 
 
+def test_a_collected_input_is_traced_to_the_output_it_collects():
+    """The merge records its list of worker results item by item; lineage and the run summary
+    look each item up as the tune worker's `tuning` it is."""
+    assert steps.producer(steps.WORKER_TUNINGS, parallel_trials=2).name == "tune-worker"
+    assert steps.produced_as(f"{steps.WORKER_TUNINGS}.1") == artifacts.TUNING
+    assert steps.produced_as(artifacts.TUNING) == artifacts.TUNING
+    assert steps.produced_as(artifacts.EXAMPLES) == artifacts.EXAMPLES
+
+
 def test_summaries_read_what_the_steps_record():
     summary = {step.name: step.summary for step in steps.STEPS}
     assert summary["ingest"](Facts({"rows_read": 344, "rejected": 0, "rows_train": 281, "rows_eval": 63})) == (
