@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -140,6 +139,8 @@ def main(out: Path, seeds: int, workers: int, rows: int) -> None:
     import generate
     from run import prepare
 
+    from bench.whole_run.report import machine
+
     bench_started, load_before = time.perf_counter(), os.getloadavg()[0]
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -148,9 +149,8 @@ def main(out: Path, seeds: int, workers: int, rows: int) -> None:
     runs = [search(examples, transform, out / "runs", algorithm, count, seed)
             for algorithm in BUDGETS for seed in range(seeds) for count in (1, workers)]
 
-    lines = [f"Measured on {platform.machine()} with {os.cpu_count()} CPU cores shared with other work (1-minute "
-             f"load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end), Python "
-             f"{platform.python_version()}, {seeds} seeds; the whole benchmark took "
+    lines = [f"Measured on {machine()}, shared with other work (1-minute load average {load_before:.1f} at the "
+             f"start, {os.getloadavg()[0]:.1f} at the end), {seeds} seeds; the whole benchmark took "
              f"{(time.perf_counter() - bench_started) / 60:.1f} min. Wall time: from starting the workers' processes "
              f"to the end of the merge's, imports included.", ""]
     for algorithm, budget in BUDGETS.items():
