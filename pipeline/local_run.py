@@ -295,15 +295,16 @@ def _step_facts(summary: RunSummary) -> dict[str, steps.Facts]:
         runs = {name: store.effective(record, (pipeline.info.run_id,)) or record
                 for name, record in store.steps(pipeline).items()}
         found = {name: steps.Facts.of_run(run) for name, run in runs.items()}
-        # The workers of a parallel search: one line for all of them; when the cache answered them,
-        # the workers that produced the results the search's merge took.
-        workers = [run for run in store.children(pipeline) if run.data.tags.get(tags.STEP) == "tune-worker"]
-        if not workers and summary.parallel_trials > 1 and "tune" in runs:
-            merge = runs["tune"]
-            produced = [store.producer(steps.produced_as(name), digest, merge.info.experiment_id,
-                                       prefer=(merge.data.tags.get(tags.PARENT_RUN),))
-                        for name, (_, digest) in inputs_of(merge).items() if steps.produced_as(name) != name and digest]
-            workers = [run for run in produced if run is not None]
+        # The workers of a parallel search: one line for all of them, the runs that produced the
+        # results the merge took (the cache may have answered some or all of them); before the merge
+        # recorded its inputs, the workers that ran in this run.
+        merge = runs.get(steps.BY_NAME["tune-merge"].recorded_name)
+        produced = [store.producer(steps.produced_as(name), digest, merge.info.experiment_id,
+                                   prefer=(merge.data.tags.get(tags.PARENT_RUN),), before=merge.info.start_time)
+                    for name, (_, digest) in inputs_of(merge).items() if steps.collected(name) and digest
+                    ] if merge is not None and summary.parallel_trials > 1 else []
+        workers = [run for run in produced if run is not None] or [
+            run for run in store.children(pipeline) if run.data.tags.get(tags.STEP) == "tune-worker"]
         if workers:
             found["tune-worker"] = steps.Facts.of_runs(workers)
         return found

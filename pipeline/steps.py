@@ -278,11 +278,17 @@ def producer(artifact: str, parallel_trials: int = 1) -> Step:
     return [step for step in active(parallel_trials) if artifact in step.outputs][-1]
 
 
+def collected(recorded_input: str) -> tuple[str, str] | None:
+    """For an item of a collected list as a step run recorded it (`worker_tunings.0`), the step and
+    output it is (a tune worker's `tuning`); None for any other input."""
+    name, _, index = recorded_input.rpartition(".")
+    return COLLECTED.get(name) if index.isdigit() else None
+
+
 def produced_as(recorded_input: str) -> str:
-    """The name its producer gave an input a step run recorded: an item of a collected list
-    (`worker_tunings.0`) is the output it collects (a tune worker's `tuning`)."""
-    collected = COLLECTED.get(recorded_input.rsplit(".", 1)[0])
-    return collected[1] if collected and "." in recorded_input else recorded_input
+    """The name its producer gave an input a step run recorded (see `collected`)."""
+    item = collected(recorded_input)
+    return item[1] if item else recorded_input
 
 
 def active(parallel_trials: int) -> tuple[Step, ...]:

@@ -163,23 +163,45 @@ def _search_runs(client, experiment_id: str, query: str) -> Iterator[Any]:
 def adopt(experiment_id: str, search_ids: list[str], parent_run_id: str) -> int:
     """Move the trial runs of the searches `search_ids` (the workers' of a parallel search) from
     their worker's run to `parent_run_id` (the merge's run, the search's tune run on the record);
-    how many it moved. Runs an earlier merge adopted stay with it if that merge finished (a merge
-    run again over cached workers does not take an earlier run's trials); an attempt of this merge
-    that did not finish (killed after moving them, then retried) gives them up."""
+    how many it moved. An earlier attempt of this merge (a run of it under the same pipeline run,
+    killed after moving them and retried by KFP) gives them up; a merge of another pipeline run
+    keeps them unless it was killed or failed (a merge run again over cached workers does not take
+    a finished search's trials, nor one still running)."""
     from mlflow import MlflowClient
 
     client, moved, movable = MlflowClient(), 0, {}
+    pipeline = client.get_run(parent_run_id).data.tags.get(tags.PARENT_RUN)
     for search in search_ids:
         for run in _search_runs(client, experiment_id, f"tags.`{tags.SEARCH_ID}` = '{search}'"):
             parent = run.data.tags.get(tags.PARENT_RUN)
-            if parent and parent not in movable:
-                found = client.get_run(parent)
-                step = found.data.tags.get(tags.STEP)
-                movable[parent] = step == "tune-worker" or (step == "tune" and found.info.status != "FINISHED")
-            if parent != parent_run_id and movable.get(parent):
+            if parent == parent_run_id:
+                continue
+            if parent not in movable:
+                movable[parent] = _gives_up_trials(client, parent, pipeline)
+            if movable[parent]:
                 client.set_tag(run.info.run_id, tags.PARENT_RUN, parent_run_id)
                 moved += 1
     return moved
+
+
+def _gives_up_trials(client, run_id: str | None, pipeline: str | None) -> bool:
+    """Whether the trial runs under `run_id` go to a merge under the pipeline run `pipeline`."""
+    from mlflow.exceptions import MlflowException
+
+    if not run_id:
+        return True
+    try:
+        owner = client.get_run(run_id)
+    except MlflowException as error:
+        if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return True  # gone: nothing to take the trials from
+        raise
+    step = owner.data.tags.get(tags.STEP)
+    if owner.info.lifecycle_stage == "deleted" or step == "tune-worker":
+        return True
+    if step != "tune":
+        return False
+    return owner.data.tags.get(tags.PARENT_RUN) == pipeline or owner.info.status in ("KILLED", "FAILED")
 
 
 def last_search(experiment_id: str, config: TunerConfig, hypermodel_digest: str | None = None

@@ -87,21 +87,42 @@ def test_two_workers_are_one_search_on_the_record_and_retraining_reuses_it(pengu
     assert reused_run.data.tags[tags.input("tuning", "digest")] == tuning.metadata["digest"]
 
 
-def test_a_retried_merge_takes_the_trials_its_killed_attempt_had_moved(penguin_inputs, step_tracking, tmp_path):
+def test_a_retried_merge_takes_the_trials_its_killed_attempt_had_moved(penguin_inputs, step_tracking, tmp_path,
+                                                                       monkeypatch):
     """KFP retries a merge killed after it moved the workers' trial runs under its run: the retry's
-    run is the tune run on the record and holds every trial; a merge that finished keeps its own."""
+    run (under the same pipeline run) holds every trial. A merge of another pipeline run takes
+    none from a merge that finished, nor from one still running; it does from one that was killed."""
+    from pipeline import tracking
+
+    client = mlflow.MlflowClient()
+
+    def pipeline_run() -> str:
+        run_id = client.create_run(step_tracking).info.run_id
+        monkeypatch.setenv(tracking.PARENT_RUN_ENV, run_id)
+        return run_id
+
+    def parents() -> set[str]:
+        return {run.data.tags[tags.PARENT_RUN] for run in trial_runs(step_tracking)}
+
     options = tiny_config(algorithm="random", max_trials=2, parallel_trials=WORKERS).model_dump(
         mode="json", exclude_none=True)
+    pipeline_run()
     _, killed = run_search(penguin_inputs, tmp_path, "attempt", options, reuse=False)
-    assert {run.data.tags[tags.PARENT_RUN] for run in trial_runs(step_tracking)} == {killed.info.run_id}
-    mlflow.MlflowClient().update_run(killed.info.run_id, status="RUNNING")  # as the killed attempt left it
+    assert parents() == {killed.info.run_id}
+    client.update_run(killed.info.run_id, status="RUNNING")  # as the killed attempt left it
     parts = [TaskArtifact(str(tmp_path / f"attempt-worker-{worker}")) for worker in range(WORKERS)]
     _, retried = run_merge(penguin_inputs, tmp_path, "retry", options, parts)
-    assert {run.data.tags[tags.PARENT_RUN] for run in trial_runs(step_tracking)} == {retried.info.run_id}
+    assert parents() == {retried.info.run_id}
 
-    _, later = run_merge(penguin_inputs, tmp_path, "later", options, parts)
-    assert later.info.run_id != retried.info.run_id
-    assert {run.data.tags[tags.PARENT_RUN] for run in trial_runs(step_tracking)} == {retried.info.run_id}
+    pipeline_run()
+    run_merge(penguin_inputs, tmp_path, "finished-elsewhere", options, parts)
+    assert parents() == {retried.info.run_id}
+    client.update_run(retried.info.run_id, status="RUNNING")  # a merge of another run, still going
+    run_merge(penguin_inputs, tmp_path, "running-elsewhere", options, parts)
+    assert parents() == {retried.info.run_id}
+    client.set_terminated(retried.info.run_id, "KILLED")  # that run was killed
+    _, taker = run_merge(penguin_inputs, tmp_path, "after-a-kill", options, parts)
+    assert parents() == {taker.info.run_id}
 
 
 def test_a_merge_over_a_missing_worker_fails_in_one_line_and_writes_nothing(penguin_inputs, step_tracking, tmp_path,

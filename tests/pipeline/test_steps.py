@@ -56,6 +56,8 @@ def test_a_collected_input_is_traced_to_the_output_it_collects():
     look each item up as the tune worker's `tuning` it is."""
     assert steps.producer(steps.WORKER_TUNINGS, parallel_trials=2).name == "tune-worker"
     assert steps.produced_as(f"{steps.WORKER_TUNINGS}.1") == artifacts.TUNING
+    assert steps.collected(f"{steps.WORKER_TUNINGS}.12") == ("tune-worker", artifacts.TUNING)
+    assert steps.collected(f"{steps.WORKER_TUNINGS}.best") is None and steps.collected(artifacts.TUNING) is None
     assert steps.produced_as(artifacts.TUNING) == artifacts.TUNING
     assert steps.produced_as(artifacts.EXAMPLES) == artifacts.EXAMPLES
 
