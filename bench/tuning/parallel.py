@@ -135,7 +135,7 @@ def cluster_model(per_trial_s: float, overhead_s: float, merge_s: float) -> list
 
 
 def main(out: Path, seeds: int, workers: int, rows: int) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
     import generate
     from run import prepare
 
