@@ -201,7 +201,13 @@ def _gives_up_trials(client, run_id: str | None, pipeline: str | None) -> bool:
         return True
     if step != "tune":
         return False
-    return owner.data.tags.get(tags.PARENT_RUN) == pipeline or owner.info.status in ("KILLED", "FAILED")
+    if owner.info.status in ("KILLED", "FAILED"):
+        return True
+    # An earlier attempt of this merge: a run of it under the same pipeline run (for a merge run on
+    # its own, outside any pipeline run, one that did not finish).
+    if pipeline is None:
+        return owner.info.status != "FINISHED"
+    return owner.data.tags.get(tags.PARENT_RUN) == pipeline
 
 
 def last_search(experiment_id: str, config: TunerConfig, hypermodel_digest: str | None = None
