@@ -298,11 +298,10 @@ def _step_facts(summary: RunSummary) -> dict[str, steps.Facts]:
         # The workers of a parallel search: one line for all of them, the runs that produced the
         # results the merge took (the cache may have answered some or all of them); before the merge
         # recorded its inputs, the workers that ran in this run.
-        merge = runs.get(steps.BY_NAME["tune-merge"].recorded_name)
-        produced = [store.producer(steps.produced_as(name), digest, merge.info.experiment_id,
-                                   prefer=(merge.data.tags.get(tags.PARENT_RUN),), before=merge.info.start_time)
-                    for name, (_, digest) in inputs_of(merge).items() if steps.collected(name) and digest
-                    ] if merge is not None and summary.parallel_trials > 1 else []
+        merge = runs.get(steps.BY_NAME["tune-merge"].recorded_name) if summary.parallel_trials > 1 else None
+        collected = inputs_of(merge).items() if merge is not None else ()
+        produced = [store.input_producer(merge, name, digest) for name, (_, digest) in collected
+                    if steps.collected(name) and digest]
         workers = [run for run in produced if run is not None] or [
             run for run in store.children(pipeline) if run.data.tags.get(tags.STEP) == "tune-worker"]
         if workers:

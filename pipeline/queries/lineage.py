@@ -276,8 +276,7 @@ class _Tracer:
             self.graph.connect(node.id, artifact.id, "produced")
         for name, (uri, digest) in inputs_of(run).items():
             # An item of a collected list (the merge's `worker_tunings.0`) is its producer's output.
-            source_name = steps.produced_as(name)
-            artifact = self._artifact_node(source_name, uri, digest, None)
+            artifact = self._artifact_node(steps.produced_as(name), uri, digest, None)
             self.graph.connect(artifact.id, node.id, name)
             if digest and name in SERVED_INPUTS:
                 # A model in production (evaluate's baseline, train's warm start): the registered
@@ -285,8 +284,7 @@ class _Tracer:
                 for version in self.store.versions_with_digest(digest):
                     self.graph.connect(self._version_node(version).id, artifact.id, "served")
             elif digest:
-                upstream = self.store.producer(source_name, digest, run.info.experiment_id,
-                                               prefer=self._prefer(run), before=run.info.start_time)
+                upstream = self.store.input_producer(run, name, digest, prefer=(self.graph.pipeline_run_id,))
                 if upstream is not None:
                     upstream_node = self._step(upstream)
                     self.graph.connect(upstream_node.id, artifact.id, "produced")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from components.errors import TunepipeError
-from pipeline import tags
+from pipeline import steps, tags
 from pipeline.queries.records import outputs_of
 
 
@@ -221,6 +221,15 @@ class Store:
             if earlier:
                 return earlier[0]
         return finished[0]
+
+    def input_producer(self, consumer: Any, name: str, digest: str, prefer: tuple[str | None, ...] = ()
+                       ) -> Any | None:
+        """The step run that produced the input `name` (as `consumer` recorded it: an item of a
+        collected list, `worker_tunings.0`, is the output it collects) with `digest`: preferring the
+        consumer's pipeline run, then those in `prefer`, then the newest before the consumer."""
+        return self.producer(steps.produced_as(name), digest, consumer.info.experiment_id,
+                             prefer=(consumer.data.tags.get(tags.PARENT_RUN), *prefer),
+                             before=consumer.info.start_time)
 
     def _producers(self, name: str, digest: str, experiment_id: str) -> list[Any]:
         """The step runs (not cache records) whose output `name` has `digest`, newest first: those in
