@@ -1,7 +1,14 @@
-"""The tf.data input that tune and train share: examples streamed from the Parquet shards of one
-split in record batches; the whole table is never loaded. Missing numeric values arrive as NaN and
-missing categories as "" (both handled by the preprocessing layers); the label becomes its index in
-the sorted label vocabulary.
+"""The tf.data input that tune and train share, from the Parquet shards of one split. A split that
+fits in `IN_MEMORY_BYTES` is read once and held as tensors (`from_tensor_slices`), shuffled whole
+every epoch; a larger one is streamed in record batches through a bounded shuffle buffer, so the
+table is never loaded whole. Missing numeric values arrive as NaN and missing categories as ""
+(both handled by the preprocessing layers); the label becomes its index in the sorted label
+vocabulary.
+
+Why two ways: streaming runs Python (the Parquet reader) in a tf.data thread every epoch and
+refills the shuffle buffer before an epoch's first batch, so a small search spends much of its
+time there and a trial needs a second core to keep up (measured in docs/parallel-trials.md).
+Holding a small split as tensors leaves tf.data's own C++ pipeline, which needs neither.
 """
 from __future__ import annotations
 
@@ -22,10 +29,16 @@ from components.transform import Transform
 
 log = logging.getLogger("tunepipe.model")
 
-# Rows read from Parquet per record batch, and rows shuffled together in training. Both bound memory:
-# neither depends on the size of the table.
+# Rows read from Parquet per record batch, and rows shuffled together when streaming. Both bound
+# memory: neither depends on the size of the table.
 READ_BATCH_ROWS = 8192
 SHUFFLE_BUFFER_ROWS = 10_000
+# The largest split held in memory, by `_tensor_bytes`; one tune or train process holds its train
+# and eval splits at once.
+IN_MEMORY_BYTES = 256 * 2**20
+# What a cell costs as a tensor: a float32, or a string (TensorFlow's 32-byte tstring and its text).
+NUMERIC_CELL_BYTES = 4
+STRING_CELL_BYTES = 48
 
 
 def _feature_arrays(batch: pa.RecordBatch, transform: Transform) -> dict[str, np.ndarray]:
@@ -102,12 +115,35 @@ def dataset(examples: str | os.PathLike[str], split: str, transform: Transform, 
             log.warning("%s split: %d row(s) have a label the train split does not have; they are left out",
                         split, unknown)
 
-    feature_spec = {feature.key: tf.TensorSpec([None, 1], tf.float32 if feature.kind == NUMERIC else tf.string)
-                    for feature in transform.features}
-    target_spec = (tf.TensorSpec([None], tf.int32) if transform.kind == "multiclass"
-                   else tf.TensorSpec([None, 1], tf.float32))
-    signature = (feature_spec, target_spec) if with_labels else feature_spec
-    rows = tf.data.Dataset.from_generator(record_batches, output_signature=signature).unbatch()
+    rows_in_split = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
+    if 0 < _tensor_bytes(rows_in_split, transform, with_labels) <= IN_MEMORY_BYTES:
+        rows = tf.data.Dataset.from_tensor_slices(_concatenated(list(record_batches()), with_labels))
+        buffer = rows_in_split
+    else:
+        feature_spec = {feature.key: tf.TensorSpec([None, 1], tf.float32 if feature.kind == NUMERIC else tf.string)
+                        for feature in transform.features}
+        target_spec = (tf.TensorSpec([None], tf.int32) if transform.kind == "multiclass"
+                       else tf.TensorSpec([None, 1], tf.float32))
+        signature = (feature_spec, target_spec) if with_labels else feature_spec
+        rows = tf.data.Dataset.from_generator(record_batches, output_signature=signature).unbatch()
+        buffer = SHUFFLE_BUFFER_ROWS
     if shuffle:
-        rows = rows.shuffle(SHUFFLE_BUFFER_ROWS, seed=seed, reshuffle_each_iteration=True)
+        rows = rows.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     return rows.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _tensor_bytes(rows: int, transform: Transform, with_labels: bool) -> int:
+    """About what `rows` rows of the model's columns take as tensors."""
+    numeric = sum(feature.kind == NUMERIC for feature in transform.features)
+    strings = len(transform.features) - numeric
+    return rows * (numeric * NUMERIC_CELL_BYTES + strings * STRING_CELL_BYTES + with_labels * NUMERIC_CELL_BYTES)
+
+
+def _concatenated(parts: list, with_labels: bool):
+    """One split's record batches (as `record_batches` yields them) as one batch of every row."""
+    def joined(dicts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        return {key: np.concatenate([part[key] for part in dicts]) for key in dicts[0]}
+
+    if not with_labels:
+        return joined(parts)
+    return joined([features for features, _ in parts]), np.concatenate([labels for _, labels in parts])

@@ -1,0 +1,97 @@
+"""The input tune and train read: a split small enough is held in memory, a larger one streamed,
+and both give the model the same rows, every row once an epoch, reshuffled each epoch, rows with a
+label the train split never had left out."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from components.examples import split_files
+from components.model import data
+from components.transform import Transform
+
+
+def rows(dataset) -> list[tuple]:
+    """Every (features..., target) row of one pass over `dataset`, in order."""
+    out = []
+    for features, targets in dataset.as_numpy_iterator():
+        columns = [features[key][:, 0] for key in sorted(features)]
+        out += list(zip(*columns, targets.tolist(), strict=True))
+    return out
+
+
+@pytest.fixture(scope="module")
+def transform(penguin_inputs) -> Transform:
+    return Transform.read(penguin_inputs.transform)
+
+
+@pytest.fixture(params=["in memory", "streamed"])
+def way(request, monkeypatch) -> str:
+    if request.param == "streamed":
+        monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)
+    return request.param
+
+
+def test_the_penguins_are_held_in_memory_and_a_split_over_the_budget_is_streamed(penguin_inputs, transform,
+                                                                                   monkeypatch):
+    def source_of(dataset) -> str:
+        # The op at the bottom of the pipeline: TensorSliceDataset, or a generator's FlatMapDataset.
+        while hasattr(dataset, "_input_dataset"):
+            dataset = dataset._input_dataset
+        return type(dataset).__name__
+
+    assert source_of(data.dataset(penguin_inputs.examples, "train", transform, 32)) == "_TensorSliceDataset"
+    monkeypatch.setattr(data, "IN_MEMORY_BYTES", 0)
+    assert source_of(data.dataset(penguin_inputs.examples, "train", transform, 32)) != "_TensorSliceDataset"
+
+
+def test_both_ways_give_every_row_of_the_split_in_its_order_with_its_label_index(penguin_inputs, transform, way):
+    table = pq.read_table(split_files(penguin_inputs.examples, "eval")).to_pylist()
+    got = rows(data.dataset(penguin_inputs.examples, "eval", transform, 16))
+    assert len(got) == len(table) > 0
+    keys = sorted(feature.key for feature in transform.features)
+    names = {feature.key: feature.name for feature in transform.features}
+    for row, original in zip(got, table, strict=True):
+        assert row[-1] == transform.label_vocabulary.index(original[transform.label])
+        for key, value in zip(keys, row[:-1], strict=True):
+            expected = original[names[key]]
+            if isinstance(value, bytes):
+                assert value.decode() == (expected or "")
+            elif expected is None:
+                assert np.isnan(value)
+            else:
+                assert value == pytest.approx(expected)
+
+
+def test_a_shuffled_split_gives_every_row_once_an_epoch_in_a_new_order_the_seed_repeats(penguin_inputs,
+                                                                                          transform, way):
+    def passes(dataset, count: int) -> list[list[str]]:
+        # Rows as text: a missing value is NaN, which equals nothing, not even itself.
+        return [[repr(row) for row in rows(dataset)] for _ in range(count)]
+
+    [unshuffled] = passes(data.dataset(penguin_inputs.examples, "train", transform, 32), 1)
+    first, second = passes(data.dataset(penguin_inputs.examples, "train", transform, 32, shuffle=True, seed=7), 2)
+    assert sorted(first) == sorted(second) == sorted(unshuffled)
+    assert first != second != unshuffled
+    [again] = passes(data.dataset(penguin_inputs.examples, "train", transform, 32, shuffle=True, seed=7), 1)
+    assert again == first
+
+
+def test_rows_of_a_class_the_train_split_never_had_are_left_out_and_said_once(penguin_inputs, transform, way,
+                                                                                caplog):
+    dropped = transform.label_vocabulary[-1]
+    narrower = dataclasses.replace(transform, label_vocabulary=transform.label_vocabulary[:-1])
+    table = pq.read_table(split_files(penguin_inputs.examples, "eval")).to_pylist()
+    expected = sum(row[transform.label] != dropped for row in table)
+    assert 0 < expected < len(table)
+    with caplog.at_level(logging.WARNING, logger="tunepipe.model"):
+        dataset = data.dataset(penguin_inputs.examples, "eval", narrower, 16)
+        assert len(rows(dataset)) == expected
+        assert len(rows(dataset)) == expected
+    unknown = len(table) - expected
+    assert [record.getMessage() for record in caplog.records] == [
+        f"eval split: {unknown} row(s) have a label the train split does not have; they are left out"]
