@@ -1,6 +1,6 @@
 """The tf.data input that tune and train share, from the Parquet shards of one split. A split that
-fits in `IN_MEMORY_BYTES` is read once and held as tensors (`from_tensor_slices`), shuffled whole
-every epoch; a larger one is streamed in record batches through a bounded shuffle buffer, so the
+fits in `IN_MEMORY_BYTES` is read once and held as tensors, every epoch's batches gathered from
+them in a new order of all the rows; a larger one is streamed in record batches through a bounded shuffle buffer, so the
 table is never loaded whole. Missing numeric values arrive as NaN and missing categories as ""
 (both handled by the preprocessing layers); the label becomes its index in the sorted label
 vocabulary.
@@ -33,10 +33,11 @@ log = logging.getLogger("tunepipe.model")
 # memory: neither depends on the size of the table.
 READ_BATCH_ROWS = 8192
 SHUFFLE_BUFFER_ROWS = 10_000
-# The largest split held in memory, by `_tensor_bytes`; one tune or train process holds its train
-# and eval splits at once.
+# The largest split held in memory, by `_tensor_bytes`; one tune or train process (each of N tune
+# workers) holds its train and eval splits at once.
 IN_MEMORY_BYTES = 256 * 2**20
-# What a cell costs as a tensor: a float32, or a string (TensorFlow's 32-byte tstring and its text).
+# What a cell costs as a tensor: a float32; a string, TensorFlow's 24-byte tstring (which holds up to
+# 22 bytes of text itself) and as much again for longer text (longer still is underestimated).
 NUMERIC_CELL_BYTES = 4
 STRING_CELL_BYTES = 48
 
@@ -78,10 +79,12 @@ def _targets(batch: pa.RecordBatch, transform: Transform) -> tuple[np.ndarray, n
 
 def dataset(examples: str | os.PathLike[str], split: str, transform: Transform, batch_size: int, *,
             shuffle: bool = False, seed: int | None = None, with_labels: bool = True):
-    """A `tf.data.Dataset` of (features, target) batches streamed from one split's Parquet shards.
+    """A `tf.data.Dataset` of (features, target) batches of one split's Parquet shards.
 
-    With `shuffle`, the shard order changes every epoch and rows are shuffled in a bounded buffer.
-    Rows whose label is not in the label vocabulary cannot be scored and are left out.
+    Held in memory when the split fits in `IN_MEMORY_BYTES`, else streamed. With `shuffle`, the
+    rows come in a new order every epoch: all of them shuffled when held in memory; streamed, the
+    shard order changes and rows are shuffled in a bounded buffer. Rows whose label is not in the
+    label vocabulary cannot be scored and are left out.
     """
     import tensorflow as tf
 
@@ -115,20 +118,28 @@ def dataset(examples: str | os.PathLike[str], split: str, transform: Transform, 
             log.warning("%s split: %d row(s) have a label the train split does not have; they are left out",
                         split, unknown)
 
+    feature_spec = {feature.key: tf.TensorSpec([None, 1], tf.float32 if feature.kind == NUMERIC else tf.string)
+                    for feature in transform.features}
+    target_spec = (tf.TensorSpec([None], tf.int32) if transform.kind == "multiclass"
+                   else tf.TensorSpec([None, 1], tf.float32))
+    signature = (feature_spec, target_spec) if with_labels else feature_spec
     rows_in_split = sum(pq.ParquetFile(path).metadata.num_rows for path in files)
     if 0 < _tensor_bytes(rows_in_split, transform, with_labels) <= IN_MEMORY_BYTES:
-        rows = tf.data.Dataset.from_tensor_slices(_concatenated(list(record_batches()), with_labels))
-        buffer = rows_in_split
-    else:
-        feature_spec = {feature.key: tf.TensorSpec([None, 1], tf.float32 if feature.kind == NUMERIC else tf.string)
-                        for feature in transform.features}
-        target_spec = (tf.TensorSpec([None], tf.int32) if transform.kind == "multiclass"
-                       else tf.TensorSpec([None, 1], tf.float32))
-        signature = (feature_spec, target_spec) if with_labels else feature_spec
-        rows = tf.data.Dataset.from_generator(record_batches, output_signature=signature).unbatch()
-        buffer = SHUFFLE_BUFFER_ROWS
+        # Whole columns as tensors on the CPU (never on a GPU beside the model); each batch gathers its
+        # rows from them, so only row numbers are shuffled, not a copy of every row.
+        with tf.device("/CPU:0"):
+            whole = tf.nest.map_structure(lambda values, spec: tf.convert_to_tensor(values, spec.dtype),
+                                          _concatenated(list(record_batches()), with_labels), signature)
+        count = int(tf.nest.flatten(whole)[0].shape[0])
+        indices = tf.data.Dataset.range(count)
+        if shuffle:
+            indices = indices.shuffle(count or 1, seed=seed, reshuffle_each_iteration=True)
+        batches = indices.batch(batch_size).map(
+            lambda rows: tf.nest.map_structure(lambda column: tf.gather(column, rows), whole))
+        return batches.prefetch(tf.data.AUTOTUNE)
+    rows = tf.data.Dataset.from_generator(record_batches, output_signature=signature).unbatch()
     if shuffle:
-        rows = rows.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        rows = rows.shuffle(SHUFFLE_BUFFER_ROWS, seed=seed, reshuffle_each_iteration=True)
     return rows.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
