@@ -1,7 +1,7 @@
 """The tf.data input that tune and train share, from the Parquet shards of one split. A split that
 fits in `IN_MEMORY_BYTES` is read once and held as tensors, every epoch's batches gathered from
-them in a new order of all the rows; a larger one is streamed in record batches through a bounded shuffle buffer, so the
-table is never loaded whole. Missing numeric values arrive as NaN and missing categories as ""
+them in a new order of all the rows; a larger one is streamed in record batches through a bounded
+shuffle buffer, so the table is never loaded whole. Missing numeric values arrive as NaN and missing categories as ""
 (both handled by the preprocessing layers); the label becomes its index in the sorted label
 vocabulary.
 
@@ -128,8 +128,8 @@ def dataset(examples: str | os.PathLike[str], split: str, transform: Transform, 
         # Whole columns as tensors on the CPU (never on a GPU beside the model); each batch gathers its
         # rows from them, so only row numbers are shuffled, not a copy of every row.
         with tf.device("/CPU:0"):
-            whole = tf.nest.map_structure(lambda values, spec: tf.convert_to_tensor(values, spec.dtype),
-                                          _concatenated(list(record_batches()), with_labels), signature)
+            whole = tf.nest.map_structure(lambda spec, *parts: tf.convert_to_tensor(np.concatenate(parts), spec.dtype),
+                                          signature, *record_batches())
         count = int(tf.nest.flatten(whole)[0].shape[0])
         indices = tf.data.Dataset.range(count)
         if shuffle:
@@ -148,13 +148,3 @@ def _tensor_bytes(rows: int, transform: Transform, with_labels: bool) -> int:
     numeric = sum(feature.kind == NUMERIC for feature in transform.features)
     strings = len(transform.features) - numeric
     return rows * (numeric * NUMERIC_CELL_BYTES + strings * STRING_CELL_BYTES + with_labels * NUMERIC_CELL_BYTES)
-
-
-def _concatenated(parts: list, with_labels: bool):
-    """One split's record batches (as `record_batches` yields them) as one batch of every row."""
-    def joined(dicts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-        return {key: np.concatenate([part[key] for part in dicts]) for key in dicts[0]}
-
-    if not with_labels:
-        return joined(parts)
-    return joined([features for features, _ in parts]), np.concatenate([labels for _, labels in parts])

@@ -133,7 +133,7 @@ def build_model(hp, transform: Transform, space: SearchSpaceConfig = DEFAULT_SEA
 def expected_warnings():
     """Silence the Keras warnings that are expected here and say nothing to a user."""
     with warnings.catch_warnings():
-        # The streamed dataset has no known length: Keras finds its end in the first epoch and says so.
+        # A streamed split (data.py) has no known length: Keras finds its end in the first epoch and says so.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
         # Hyperband continues a trial from its checkpoint into a freshly compiled model, whose optimizer
         # has no state yet to load into: the optimizer starts over, as Keras Tuner intends.
