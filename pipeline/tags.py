@@ -16,6 +16,8 @@ production is the version behind PRODUCTION_ALIAS.
 """
 from __future__ import annotations
 
+from components.errors import TunepipeError
+
 # MLflow's own tag for a nested run's parent.
 PARENT_RUN = "mlflow.parentRunId"
 
@@ -114,3 +116,12 @@ def input(name: str, field: str) -> str:  # noqa: A001 (the tag's own word)
 def flag(value: bool) -> str:
     """A boolean as these tags hold it."""
     return "true" if value else "false"
+
+
+def quoted(value: str) -> str:
+    """A tag's value in an MLflow filter string."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise TunepipeError(f"cannot look up {value!r}: it holds both kinds of quotes")

@@ -16,7 +16,7 @@ from typing import Any
 from components import artifacts
 from components.errors import TunepipeError
 from pipeline import steps, tags
-from pipeline.queries.store import Store, _quote, _unreachable
+from pipeline.queries.store import Store, _unreachable
 
 MODEL_VERSION = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9][\w.-]*)(?::|/)(?P<version>\d+)$")
 MODEL_ALIAS = re.compile(r"^(?:models:/)?(?P<name>[A-Za-z0-9][\w.-]*)@(?P<alias>[\w-]+)$")
@@ -61,7 +61,7 @@ def artifact_producer(store: Store, uri: str) -> tuple[Any, str] | None:
     if not experiment_ids:
         return None
     for name in steps.ARTIFACTS:
-        found = store.search(experiment_ids, f"tags.`{tags.output(name, 'uri')}` = {_quote(uri)}",
+        found = store.search(experiment_ids, f"tags.`{tags.output(name, 'uri')}` = {tags.quoted(uri)}",
                              order_by=["attributes.start_time ASC"])
         if found:
             produced = [run for run in found if run.data.tags.get(tags.CACHED) == tags.flag(False)]
@@ -78,8 +78,8 @@ def push_of(store: Store, version: Any) -> Any | None:
             experiment_ids = [store.run(version.run_id).info.experiment_id]
     experiment_ids = experiment_ids or [experiment.experiment_id for experiment in store.experiments()]
     query = (f"tags.`{tags.STEP}` = 'push' and tags.`{tags.PUSHED}` = '{tags.flag(True)}' "
-             f"and tags.`{tags.PUSH_VERSION}` = {_quote(str(serving_version))} "
-             f"and params.model_name = {_quote(version.name)}")
+             f"and tags.`{tags.PUSH_VERSION}` = {tags.quoted(str(serving_version))} "
+             f"and params.model_name = {tags.quoted(version.name)}")
     found = store.search(experiment_ids, query, order_by=["attributes.start_time DESC"])
     digest = version.tags.get(tags.VERSION_DIGEST)
     matching = [run for run in found

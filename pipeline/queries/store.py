@@ -28,15 +28,6 @@ from pipeline.queries.records import outputs_of
 CLOCK_SKEW_MS = 5_000
 
 
-def _quote(value: str) -> str:
-    """A value in an MLflow filter string."""
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise TunepipeError(f"cannot look up {value!r}: it holds both kinds of quotes")
-
-
 def _time(millis: int | None) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(millis / 1000).astimezone() if millis else None
 
@@ -162,7 +153,7 @@ class Store:
         return experiment.experiment_id
 
     def children(self, parent: Any) -> list[Any]:
-        return self.search([parent.info.experiment_id], f"tags.`{tags.PARENT_RUN}` = {_quote(parent.info.run_id)}",
+        return self.search([parent.info.experiment_id], f"tags.`{tags.PARENT_RUN}` = {tags.quoted(parent.info.run_id)}",
                            order_by=["attributes.start_time ASC"])
 
     def steps(self, pipeline: Any) -> dict[str, Any]:
@@ -236,7 +227,7 @@ class Store:
         `experiment_id`, else those in any other experiment."""
         key = (name, digest, experiment_id)
         if key not in self._produced:
-            query = (f"tags.`{tags.output(name, 'digest')}` = {_quote(digest)} "
+            query = (f"tags.`{tags.output(name, 'digest')}` = {tags.quoted(digest)} "
                      f"and tags.`{tags.CACHED}` = '{tags.flag(False)}'")
             found = self.search([experiment_id], query, order_by=["attributes.start_time DESC"])
             if not found:
@@ -283,7 +274,7 @@ class Store:
 
     def versions(self, name: str) -> list[Any]:
         if name not in self._versions:
-            self._versions[name] = list(self.client.search_model_versions(f"name = {_quote(name)}"))
+            self._versions[name] = list(self.client.search_model_versions(f"name = {tags.quoted(name)}"))
         return self._versions[name]
 
     def registered_model(self, name: str) -> Any:
@@ -295,7 +286,7 @@ class Store:
         """The registered versions of a served model, by the digest `pipeline.registry` tags them with."""
         if digest not in self._served:
             self._served[digest] = list(self.client.search_model_versions(
-                f"tags.{tags.VERSION_DIGEST} = {_quote(digest)}"))
+                f"tags.{tags.VERSION_DIGEST} = {tags.quoted(digest)}"))
         return self._served[digest]
 
     def aliases(self, version: Any) -> list[str]:

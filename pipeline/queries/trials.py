@@ -15,7 +15,7 @@ from components.errors import TunepipeError
 from components.tune.observer import trial_label
 from pipeline import tags
 from pipeline.queries.records import _direction, _int, _json_param, _number
-from pipeline.queries.store import Store, _quote, open_store
+from pipeline.queries.store import Store, open_store
 
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -65,7 +65,7 @@ def find_run(store: Store, reference: str) -> Any:
     if _RUN_ID.match(reference):
         return store.run(reference)
     experiment_ids = [experiment.experiment_id for experiment in store.experiments()]
-    found = store.search(experiment_ids, f"attributes.run_name = {_quote(reference)} "
+    found = store.search(experiment_ids, f"attributes.run_name = {tags.quoted(reference)} "
                                          f"and tags.`{tags.KIND}` = '{tags.PIPELINE}'") if experiment_ids else []
     if not found:
         raise TunepipeError(f"no MLflow run {reference} in {store.uri} (give a run id or a pipeline run name; "
