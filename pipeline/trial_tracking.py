@@ -44,25 +44,39 @@ class MlflowTrials(TrialObserver):
         self._open: dict[str, str] = {}  # trial id -> the run of a trial that is training
 
     def search_began(self, search_id: str) -> None:
-        """A search starting or resuming: the trials an earlier attempt of it finished (an attempt
-        killed or interrupted: its step run did not finish) move under this attempt's run, so that
-        the search's run holds all its trials as `tunepipe trials` and lineage read them."""
+        """A search starting or resuming: the trials an earlier attempt of it finished move under
+        this attempt's run unless that attempt keeps them (`_keeps_trials`), so that the run whose
+        output goes on holds all the search's trials as `tunepipe trials` and lineage read them."""
         self.search_id = search_id
-        finished_attempts: dict[str, bool] = {self.parent_run_id: True}
+        keeps: dict[str, bool] = {self.parent_run_id: True}
         for run in self._runs().values():
             parent = run.data.tags.get(tags.PARENT_RUN)
-            if parent not in finished_attempts:
-                finished_attempts[parent] = not parent or self._finished(parent)
-            if not finished_attempts[parent] and run.data.tags.get(tags.TRIAL_STATUS) in FINAL_STATUSES:
+            if parent not in keeps:
+                keeps[parent] = not parent or self._keeps_trials(parent)
+            if not keeps[parent] and run.data.tags.get(tags.TRIAL_STATUS) in FINAL_STATUSES:
                 self._client.set_tag(run.info.run_id, tags.PARENT_RUN, self.parent_run_id)
 
-    def _finished(self, run_id: str) -> bool:
+    def _keeps_trials(self, run_id: str) -> bool:
+        """Whether the earlier attempt `run_id` keeps its trial runs: its step run finished and its
+        output went on (its pipeline run finished, or a later one took the output from kfp's cache).
+        An attempt cut short gives them up, and so does one that finished just before its pipeline
+        run was killed, before kfp.local cached its output: the next run runs the step again."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self._client.get_run(run_id).info.status == "FINISHED"
+            attempt = self._client.get_run(run_id)
+            if attempt.info.status != "FINISHED":
+                return False
+            pipeline = attempt.data.tags.get(tags.PARENT_RUN)
+            if not pipeline or self._client.get_run(pipeline).info.status == "FINISHED":
+                return True
         except MlflowException:
-            return True  # gone: nothing to take the trial from
+            return True  # gone: nothing to take the trials from
+        output = tags.output(artifacts.TUNING, "uri")
+        if not attempt.data.tags.get(output):
+            return False
+        reused = f"tags.`{tags.CACHED}` = 'true' and tags.`{output}` = {tags.quoted(attempt.data.tags[output])}"
+        return bool(self._client.search_runs([self._experiment_id], reused, max_results=1))
 
     def trial_began(self, trial: TrialStart) -> str | None:
         existing = self._runs(trial.trial_id).get(trial.trial_id)

@@ -1,5 +1,6 @@
-"""SIGKILL of the whole `tunepipe run` at seeded random moments of every step, and at the three
-moments of a push, then the next run; after each, what a user relies on still holds:
+"""SIGKILL of the whole `tunepipe run` at seeded random moments of every step, at the three
+moments of a push and just after the tune step closed its run, then the next run; after each,
+what a user relies on still holds:
 
 - the next `tunepipe run` completes;
 - no process of the killed run is left;
@@ -31,7 +32,7 @@ import pytest
 
 from tests.faults.support import start_run, wait_for_session_to_end, write_config, write_table
 
-pytestmark = [pytest.mark.faults, pytest.mark.timeout(2700)]  # 20 kills and 20 runs: ~16 min here
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(2700)]  # 21 kills and 21 runs: ~17 min here
 
 SEED = int(os.environ.get("TUNEPIPE_FAULT_SEED", "15"))
 INJECT = Path(__file__).resolve().parent / "inject"
@@ -39,9 +40,11 @@ TRIALS = 5  # Hyperband over 2 epochs, factor 2 (tests/faults/support.py)
 # How long each step takes here with the tiny budget (seconds): a kill lands uniformly within it.
 WINDOWS = {"ingest": 3.5, "preprocess": 1.5, "tune": 14.0, "train": 3.5, "evaluate": 5.5}
 # (moment, how many): a step's name kills at a random time within it; tune-between kills just after
-# a trial finished; push.* kills inside push at that moment (tests/faults/inject/sitecustomize.py).
+# a trial finished; a moment with a dot is injected: the process that reaches it kills the run
+# (tests/faults/inject/sitecustomize.py).
 SCHEDULE = [("ingest", 3), ("preprocess", 1), ("tune", 4), ("tune-between", 3), ("train", 3), ("evaluate", 3),
-            ("push.before-copy", 1), ("push.before-rename", 1), ("push.after-rename", 1)]
+            ("push.before-copy", 1), ("push.before-rename", 1), ("push.after-rename", 1),
+            ("tune.after-its-run", 1)]
 _RUNNING = re.compile(r"→ ([\w-]+) running")
 
 
@@ -62,7 +65,7 @@ def schedule(seed: int) -> list[Kill]:
     rng.shuffle(moments)
     kills = []
     for number, moment in enumerate(moments, 1):
-        window = WINDOWS.get(moment.split("-")[0], 0.0) if not moment.startswith("push.") else 0.0
+        window = WINDOWS.get(moment.split("-")[0], 0.0) if "." not in moment else 0.0
         delay = rng.uniform(0, 0.5) if moment == "tune-between" else rng.uniform(0, window)
         kills.append(Kill(number, moment, round(delay, 2)))
     return kills
@@ -81,9 +84,9 @@ def running_steps(text: str) -> list[str]:
 
 
 def wait_then_kill(kill: Kill, run: subprocess.Popen, terminal: Path, ledger: Path) -> None:
-    if kill.moment.startswith("push."):
-        run.wait(timeout=300)  # the push kills the run itself
-        assert kill.moment in ledger.read_text(), f"kill {kill.number}: the push never reached {kill.moment}"
+    if "." in kill.moment:
+        run.wait(timeout=300)  # the process that reaches the moment kills the run
+        assert kill.moment in ledger.read_text(), f"kill {kill.number}: the run never reached {kill.moment}"
         kill.hit = kill.moment
         return
     step = "tune" if kill.moment == "tune-between" else kill.moment
@@ -177,7 +180,7 @@ def test_killing_the_run_anywhere_loses_nothing_and_the_next_run_completes(tmp_p
         for kill in kills:
             write_table(source, seed=SEED * 1000 + kill.number)
             terminal = tmp_path / f"kill-{kill.number:02d}.txt"
-            at = {"TUNEPIPE_KILL_AT": kill.moment} if kill.moment.startswith("push.") else {}
+            at = {"TUNEPIPE_KILL_AT": kill.moment} if "." in kill.moment else {}
             run = start_run(config, out, terminal, env={**env, **at})
             wait_then_kill(kill, run, terminal, ledger)
             assert wait_for_session_to_end(run.pid) == [], f"kill {kill.number}: processes left behind"

@@ -96,3 +96,61 @@ def test_reconcile_records_a_trial_that_finished_without_its_run_exactly_once(ml
     assert runs["0001"].data.tags[tags.TRIAL_STATUS] == "invalid" and runs["0001"].info.status == "FAILED"
     assert runs["0001"].data.tags[tags.ERROR] == "ValueError: no"
     assert runs["0000"].data.metrics["score"] == 0.9 and runs["0000"].data.tags[tags.SEARCH_ID] == "search-1"
+
+
+def finished_attempt(experiment_id: str, pipeline_status: str, tuning_uri: str) -> str:
+    """A tune step run that searched and finished (trials 0000 and 0001) under a pipeline run that
+    then ended with `pipeline_status`; the step run's id."""
+    client = mlflow.MlflowClient()
+    pipeline = client.create_run(experiment_id, tags={tags.KIND: tags.PIPELINE})
+    step = client.create_run(experiment_id, tags={tags.PARENT_RUN: pipeline.info.run_id, tags.STEP: "tune",
+                                                  tags.output("tuning", "uri"): tuning_uri})
+    observer = MlflowTrials(step.info.run_id, "val_accuracy")
+    observer.search_began("search-1")
+    for trial_id in ("0000", "0001"):
+        observer.trial_began(TrialStart(trial_id, {"units_0": 4}, {"bracket": 0}))
+        observer.trial_ended(ended(trial_id))
+    client.set_terminated(step.info.run_id, "FINISHED")
+    client.set_terminated(pipeline.info.run_id, pipeline_status)
+    return step.info.run_id
+
+
+def resume(experiment_id: str) -> str:
+    """The tune step of the next pipeline run, resuming search-1 (finished: it runs no trial)."""
+    client = mlflow.MlflowClient()
+    pipeline = client.create_run(experiment_id, tags={tags.KIND: tags.PIPELINE})
+    step = client.create_run(experiment_id, tags={tags.PARENT_RUN: pipeline.info.run_id, tags.STEP: "tune"})
+    MlflowTrials(step.info.run_id, "val_accuracy").search_began("search-1")
+    return step.info.run_id
+
+
+def parents(experiment_id: str) -> set[str]:
+    return {run.data.tags[tags.PARENT_RUN] for run in trial_runs(experiment_id)}
+
+
+def test_a_search_whose_pipeline_run_was_killed_before_its_output_was_cached_gives_its_trials_to_the_rerun(
+        mlflow_experiment):
+    # The kill came after the tune step's run finished and before kfp.local cached its output, so
+    # the next run ran the step again: the trials belong to the run whose output the model uses.
+    finished_attempt(mlflow_experiment, "KILLED", "file:///out/run-1/tune/tuning")
+    rerun = resume(mlflow_experiment)
+    assert parents(mlflow_experiment) == {rerun}
+    assert len(trial_runs(mlflow_experiment)) == 2
+
+
+def test_a_search_whose_output_went_on_keeps_its_trials(mlflow_experiment):
+    # Its pipeline run finished: a run of the step again (e.g. --no-cache) does not take them.
+    kept = finished_attempt(mlflow_experiment, "FINISHED", "file:///out/run-1/tune/tuning")
+    resume(mlflow_experiment)
+    assert parents(mlflow_experiment) == {kept}
+
+
+def test_a_search_reused_from_the_cache_keeps_its_trials_though_its_pipeline_run_was_killed(mlflow_experiment):
+    # Killed after kfp.local cached the tune step's output: a later pipeline run reused it, so its
+    # lineage leads to this step run.
+    uri = "file:///out/run-1/tune/tuning"
+    kept = finished_attempt(mlflow_experiment, "KILLED", uri)
+    mlflow.MlflowClient().create_run(mlflow_experiment, tags={tags.STEP: "tune", tags.CACHED: tags.flag(True),
+                                                              tags.output("tuning", "uri"): uri})
+    resume(mlflow_experiment)
+    assert parents(mlflow_experiment) == {kept}

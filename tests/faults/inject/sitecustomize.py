@@ -3,6 +3,9 @@ on PYTHONPATH (the run, kfp.local's task processes, the step server and so its f
 other. With TUNEPIPE_KILL_AT naming a moment of a push, the process that reaches it kills the whole
 run the hard way: SIGKILL to the run's process group (the session's), then to itself.
 
+tune.after-its-run: the tune step's MLflow run has just closed FINISHED; the step has not returned
+to kfp.local, which has not cached its output (the next run runs the step again).
+
 Moments, at the file-system calls of `components.push` in the serving directory:
 - push.before-copy: the hidden copy's directory is about to be made (nothing copied yet);
 - push.before-rename: the copy is complete, the rename that makes it a version is about to run;
@@ -45,3 +48,39 @@ if _AT.startswith("push."):
             _kill(_AT, os.fspath(target))
 
     os.mkdir, os.rename = mkdir, rename
+
+elif _AT == "tune.after-its-run":
+    import importlib.abc
+    import importlib.util
+    import sys
+
+    class _AfterTheTuneRun(importlib.abc.MetaPathFinder):
+        """Wraps MLflow's `end_run` as MLflow is imported (a `with mlflow.start_run()` ends through it)."""
+
+        def find_spec(self, name, path, target=None):
+            if name != "mlflow.tracking.fluent":
+                return None
+            sys.meta_path.remove(self)
+            spec = importlib.util.find_spec(name)
+            load = spec.loader.exec_module
+
+            def exec_module(module):
+                load(module)
+                end_run = module.end_run
+
+                def ending(status="FINISHED"):
+                    import mlflow
+
+                    active = module.active_run()
+                    recorded = mlflow.MlflowClient().get_run(active.info.run_id).data.tags if active else {}
+                    end_run(status)
+                    if (status == "FINISHED" and recorded.get("tunepipe.step") == "tune"
+                            and recorded.get("tunepipe.cached") == "false"):
+                        _kill(_AT, active.info.run_id)
+
+                module.end_run = ending
+
+            spec.loader.exec_module = exec_module
+            return spec
+
+    sys.meta_path.insert(0, _AfterTheTuneRun())
