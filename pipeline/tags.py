@@ -119,7 +119,7 @@ def flag(value: bool) -> str:
 
 
 def quoted(value: str) -> str:
-    """A tag's value in an MLflow filter string."""
+    """A value (of a tag, a param, a run's or a model's name) in an MLflow filter string."""
     if "'" not in value:
         return f"'{value}'"
     if '"' not in value:

@@ -8,7 +8,8 @@ metrics, and its status as a tag (`pipeline.tags`). Every finished trial is reco
 a trial's run is looked up by its search and trial id before one is created, a run cut short by a
 kill is deleted before the trial runs again, and `reconcile` gives a trial that finished without
 its run (a kill between Keras Tuner ending it and the run being closed) the run it lacks. A
-resumed search takes the finished trial runs of its killed or interrupted attempts under its own run.
+resumed search takes the finished trial runs of its earlier attempts under its own run, unless
+the attempt finished and its output went on (a step took it as input).
 """
 from __future__ import annotations
 
@@ -58,25 +59,19 @@ class MlflowTrials(TrialObserver):
 
     def _keeps_trials(self, run_id: str) -> bool:
         """Whether the earlier attempt `run_id` keeps its trial runs: its step run finished and its
-        output went on (its pipeline run finished, or a later one took the output from kfp's cache).
-        An attempt cut short gives them up, and so does one that finished just before its pipeline
-        run was killed, before kfp.local cached its output: the next run runs the step again."""
+        output went on (`_output_went_on`). An attempt cut short gives them up, and so does one that
+        finished just before its pipeline run was killed, before kfp.local cached its output (the
+        next run runs the step again), or one that KFP retried."""
         from mlflow.exceptions import MlflowException
 
         try:
             attempt = self._client.get_run(run_id)
-            if attempt.info.status != "FINISHED":
-                return False
-            pipeline = attempt.data.tags.get(tags.PARENT_RUN)
-            if not pipeline or self._client.get_run(pipeline).info.status == "FINISHED":
-                return True
-        except MlflowException:
-            return True  # gone: nothing to take the trials from
-        output = tags.output(artifacts.TUNING, "uri")
-        if not attempt.data.tags.get(output):
-            return False
-        reused = f"tags.`{tags.CACHED}` = 'true' and tags.`{output}` = {tags.quoted(attempt.data.tags[output])}"
-        return bool(self._client.search_runs([self._experiment_id], reused, max_results=1))
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return True  # gone: nothing to take the trials from
+            raise
+        return (attempt.info.lifecycle_stage != "deleted" and attempt.info.status == "FINISHED"
+                and _output_went_on(self._client, self._experiment_id, attempt))
 
     def trial_began(self, trial: TrialStart) -> str | None:
         existing = self._runs(trial.trial_id).get(trial.trial_id)
@@ -179,8 +174,8 @@ def adopt(experiment_id: str, search_ids: list[str], parent_run_id: str) -> int:
     their worker's run to `parent_run_id` (the merge's run, the search's tune run on the record);
     how many it moved. An earlier attempt of this merge (a run of it under the same pipeline run,
     killed after moving them and retried by KFP) gives them up; a merge of another pipeline run
-    keeps them unless it was killed or failed (a merge run again over cached workers does not take
-    a finished search's trials, nor one still running)."""
+    keeps them if it is still running or finished with its output taken on (a merge run again over
+    cached workers does not take the trials of a search a model came from), else gives them up."""
     from mlflow import MlflowClient
 
     client, moved, movable = MlflowClient(), 0, {}
@@ -217,11 +212,21 @@ def _gives_up_trials(client, run_id: str | None, pipeline: str | None) -> bool:
         return False
     if owner.info.status in ("KILLED", "FAILED"):
         return True
-    # An earlier attempt of this merge: a run of it under the same pipeline run (for a merge run on
-    # its own, outside any pipeline run, one that did not finish).
-    if pipeline is None:
-        return owner.info.status != "FINISHED"
-    return owner.data.tags.get(tags.PARENT_RUN) == pipeline
+    if owner.info.status == "FINISHED":
+        return not _output_went_on(client, owner.info.experiment_id, owner)
+    # Running: an earlier attempt of this merge, under the same pipeline run (or, for a merge run on
+    # its own, outside any), or a merge of another pipeline run still going.
+    return pipeline is None or owner.data.tags.get(tags.PARENT_RUN) == pipeline
+
+
+def _output_went_on(client, experiment_id: str, run) -> bool:
+    """Whether a step took the tuning output of the finished tune run `run` as its input (train
+    does, in its pipeline run or in a later one that kfp's cache handed the output to). One that
+    nothing took was made by an attempt whose pipeline run was killed before kfp.local cached the
+    output, or that KFP retried: the attempt run again holds the search's trials."""
+    uri = run.data.tags.get(tags.output(artifacts.TUNING, "uri"))
+    taken = f"tags.`{tags.input(artifacts.TUNING, 'uri')}` = {tags.quoted(uri)}" if uri else None
+    return bool(taken and client.search_runs([experiment_id], taken, max_results=1))
 
 
 def last_search(experiment_id: str, config: TunerConfig, hypermodel_digest: str | None = None

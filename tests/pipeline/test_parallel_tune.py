@@ -91,7 +91,9 @@ def test_a_retried_merge_takes_the_trials_its_killed_attempt_had_moved(penguin_i
                                                                        monkeypatch):
     """KFP retries a merge killed after it moved the workers' trial runs under its run: the retry's
     run (under the same pipeline run) holds every trial. A merge of another pipeline run takes
-    none from a merge that finished, nor from one still running; it does from one that was killed."""
+    none from a merge that finished with its output taken (by train), nor from one still running;
+    it does from one that was killed, and from one that finished with its output taken by nothing
+    (its pipeline run killed before kfp.local cached it)."""
     from pipeline import tracking
 
     client = mlflow.MlflowClient()
@@ -104,6 +106,10 @@ def test_a_retried_merge_takes_the_trials_its_killed_attempt_had_moved(penguin_i
     def parents() -> set[str]:
         return {run.data.tags[tags.PARENT_RUN] for run in trial_runs(step_tracking)}
 
+    def train_took(merge) -> None:
+        client.create_run(step_tracking, tags={tags.STEP: "train", tags.input("tuning", "uri"):
+                                               merge.data.tags[tags.output("tuning", "uri")]})
+
     options = tiny_config(algorithm="random", max_trials=2, parallel_trials=WORKERS).model_dump(
         mode="json", exclude_none=True)
     pipeline_run()
@@ -114,13 +120,17 @@ def test_a_retried_merge_takes_the_trials_its_killed_attempt_had_moved(penguin_i
     _, retried = run_merge(penguin_inputs, tmp_path, "retry", options, parts)
     assert parents() == {retried.info.run_id}
 
+    pipeline_run()  # the retry's output went nowhere: the next run's merge takes the trials
+    _, holder = run_merge(penguin_inputs, tmp_path, "nothing-took-it", options, parts)
+    assert parents() == {holder.info.run_id}
+    train_took(holder)
     pipeline_run()
     run_merge(penguin_inputs, tmp_path, "finished-elsewhere", options, parts)
-    assert parents() == {retried.info.run_id}
-    client.update_run(retried.info.run_id, status="RUNNING")  # a merge of another run, still going
+    assert parents() == {holder.info.run_id}
+    client.update_run(holder.info.run_id, status="RUNNING")  # a merge of another run, still going
     run_merge(penguin_inputs, tmp_path, "running-elsewhere", options, parts)
-    assert parents() == {retried.info.run_id}
-    client.set_terminated(retried.info.run_id, "KILLED")  # that run was killed
+    assert parents() == {holder.info.run_id}
+    client.set_terminated(holder.info.run_id, "KILLED")  # that run was killed
     _, taker = run_merge(penguin_inputs, tmp_path, "after-a-kill", options, parts)
     assert parents() == {taker.info.run_id}
 

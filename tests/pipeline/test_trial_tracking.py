@@ -98,21 +98,27 @@ def test_reconcile_records_a_trial_that_finished_without_its_run_exactly_once(ml
     assert runs["0000"].data.metrics["score"] == 0.9 and runs["0000"].data.tags[tags.SEARCH_ID] == "search-1"
 
 
-def finished_attempt(experiment_id: str, pipeline_status: str, tuning_uri: str) -> str:
-    """A tune step run that searched and finished (trials 0000 and 0001) under a pipeline run that
-    then ended with `pipeline_status`; the step run's id."""
+URI = "file:///out/run-1/tune/tuning"
+
+
+def finished_attempt(experiment_id: str, tuning_uri: str | None) -> str:
+    """A tune step run of a pipeline run that searched (trials 0000 and 0001), recorded its output
+    at `tuning_uri` and finished; the step run's id."""
     client = mlflow.MlflowClient()
     pipeline = client.create_run(experiment_id, tags={tags.KIND: tags.PIPELINE})
-    step = client.create_run(experiment_id, tags={tags.PARENT_RUN: pipeline.info.run_id, tags.STEP: "tune",
-                                                  tags.output("tuning", "uri"): tuning_uri})
+    output = {tags.output("tuning", "uri"): tuning_uri} if tuning_uri else {}
+    step = client.create_run(experiment_id, tags={tags.PARENT_RUN: pipeline.info.run_id, tags.STEP: "tune", **output})
     observer = MlflowTrials(step.info.run_id, "val_accuracy")
     observer.search_began("search-1")
     for trial_id in ("0000", "0001"):
         observer.trial_began(TrialStart(trial_id, {"units_0": 4}, {"bracket": 0}))
         observer.trial_ended(ended(trial_id))
     client.set_terminated(step.info.run_id, "FINISHED")
-    client.set_terminated(pipeline.info.run_id, pipeline_status)
     return step.info.run_id
+
+
+def train_took(experiment_id: str, tuning_uri: str) -> None:
+    mlflow.MlflowClient().create_run(experiment_id, tags={tags.STEP: "train", tags.input("tuning", "uri"): tuning_uri})
 
 
 def resume(experiment_id: str) -> str:
@@ -128,29 +134,24 @@ def parents(experiment_id: str) -> set[str]:
     return {run.data.tags[tags.PARENT_RUN] for run in trial_runs(experiment_id)}
 
 
-def test_a_search_whose_pipeline_run_was_killed_before_its_output_was_cached_gives_its_trials_to_the_rerun(
-        mlflow_experiment):
-    # The kill came after the tune step's run finished and before kfp.local cached its output, so
-    # the next run ran the step again: the trials belong to the run whose output the model uses.
-    finished_attempt(mlflow_experiment, "KILLED", "file:///out/run-1/tune/tuning")
+@pytest.mark.parametrize("recorded, taken", [
+    (URI, None),  # its pipeline run killed before kfp.local cached the output: the next run ran the step again
+    (URI, "file:///out/run-0/tune/tuning"),  # a step took another search's output
+    (None, None),  # it recorded no output
+])
+def test_a_finished_search_whose_output_nothing_took_gives_its_trials_to_the_attempt_resuming_it(
+        mlflow_experiment, recorded, taken):
+    finished_attempt(mlflow_experiment, recorded)
+    if taken:
+        train_took(mlflow_experiment, taken)
     rerun = resume(mlflow_experiment)
-    assert parents(mlflow_experiment) == {rerun}
-    assert len(trial_runs(mlflow_experiment)) == 2
+    assert parents(mlflow_experiment) == {rerun} and len(trial_runs(mlflow_experiment)) == 2
 
 
-def test_a_search_whose_output_went_on_keeps_its_trials(mlflow_experiment):
-    # Its pipeline run finished: a run of the step again (e.g. --no-cache) does not take them.
-    kept = finished_attempt(mlflow_experiment, "FINISHED", "file:///out/run-1/tune/tuning")
-    resume(mlflow_experiment)
-    assert parents(mlflow_experiment) == {kept}
-
-
-def test_a_search_reused_from_the_cache_keeps_its_trials_though_its_pipeline_run_was_killed(mlflow_experiment):
-    # Killed after kfp.local cached the tune step's output: a later pipeline run reused it, so its
-    # lineage leads to this step run.
-    uri = "file:///out/run-1/tune/tuning"
-    kept = finished_attempt(mlflow_experiment, "KILLED", uri)
-    mlflow.MlflowClient().create_run(mlflow_experiment, tags={tags.STEP: "tune", tags.CACHED: tags.flag(True),
-                                                              tags.output("tuning", "uri"): uri})
+def test_a_finished_search_whose_output_train_took_keeps_its_trials(mlflow_experiment):
+    # A model came from it (its pipeline run may still have been killed later, in push): a run of the
+    # step again (e.g. --no-cache) does not take its trials.
+    kept = finished_attempt(mlflow_experiment, URI)
+    train_took(mlflow_experiment, URI)
     resume(mlflow_experiment)
     assert parents(mlflow_experiment) == {kept}

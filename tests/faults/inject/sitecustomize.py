@@ -1,12 +1,12 @@
 """Loaded by every Python process of a `tunepipe run` that the fault suite starts with this directory
 on PYTHONPATH (the run, kfp.local's task processes, the step server and so its forks), and by no
-other. With TUNEPIPE_KILL_AT naming a moment of a push, the process that reaches it kills the whole
-run the hard way: SIGKILL to the run's process group (the session's), then to itself.
+other. With TUNEPIPE_KILL_AT naming one of these moments, the process that reaches it kills the
+whole run the hard way: SIGKILL to the run's process group (the session's), then to itself.
 
-tune.after-its-run: the tune step's MLflow run has just closed FINISHED; the step has not returned
-to kfp.local, which has not cached its output (the next run runs the step again).
+- tune.after-its-run: the tune step's MLflow run has just closed FINISHED; the step has not
+  returned to kfp.local, which has not cached its output (the next run runs the step again).
 
-Moments, at the file-system calls of `components.push` in the serving directory:
+At the file-system calls of `components.push` in the serving directory:
 - push.before-copy: the hidden copy's directory is about to be made (nothing copied yet);
 - push.before-rename: the copy is complete, the rename that makes it a version is about to run;
 - push.after-rename: the version is visible, the registry not told yet.
