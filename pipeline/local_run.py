@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from components.errors import TunepipeError
+from components.tune import workers as tune_workers
 from pipeline import dag, launcher, progress, run_lock, step_server, steps, tags, tracking
 from pipeline.config import PipelineConfig
 
@@ -169,6 +170,8 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     # first: it imports while the run gets ready.
     with run_lock.held(output_root), step_server.started(log_dir / f"run-{stamp}.server.log") as server:
         os.environ[step_server.ENV] = server.address
+        if config.tuner.workers > 1:  # the workers of a parallel search share this machine's CPUs
+            os.environ[tune_workers.SHARED_MACHINE_ENV] = str(_workers_at_once(config.tuner.workers))
         if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
             server.open_store(uri)  # a store that exists can be opened now, before the first step asks
         try:
@@ -186,6 +189,18 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
                             warm_start, output_root, stamp, log_file, error_file, server)
         finally:
             os.environ.pop(step_server.ENV, None)
+            os.environ.pop(tune_workers.SHARED_MACHINE_ENV, None)
+
+
+def _workers_at_once(workers: int) -> int:
+    """How many of a ParallelFor's `workers` kfp.local runs at once: 2 at most in kfp 2.17 (its
+    `ParallelExecutor` caps every loop); all of them if that cap cannot be read."""
+    try:
+        from kfp.local.orchestrator.enhanced_dag_orchestrator import ParallelExecutor
+
+        return max(1, min(workers, ParallelExecutor().max_workers))
+    except (ImportError, AttributeError, TypeError):
+        return workers
 
 
 class _ChangedInput(TunepipeError):

@@ -2,8 +2,10 @@
 once, on the generated 8000-row table (generate.py), and a model of the wall time at cluster scale.
 
 Each worker is its own process, started together, as kfp.local starts the tasks of a ParallelFor
-(and Kubeflow its pods); then the merge runs in a process of its own. Wall time is from starting
-the workers to the merge's end, imports included, as a pipeline pays them. The budgets:
+(and Kubeflow its pods), and told how many share the machine, as `tunepipe run` tells them (each
+sizes TensorFlow's thread pools to its share of the CPUs); then the merge runs in a process of its
+own. Wall time is from starting the workers to the merge's end, imports included, as a pipeline
+pays them. The budgets:
 
 - Hyperband (the default): `hyperband_iterations` 2 in one worker against 1 in each of 2 workers;
 - random search: 16 trials of `max_epochs` in one worker against 8 in each of 2.
@@ -70,8 +72,12 @@ def worker_main(argv: list[str]) -> None:
                       "trial_s": [trial.duration_s for trial in result.trials if trial.duration_s]}))
 
 
-def _process(root: Path, *arguments: str) -> subprocess.Popen:
+def _process(root: Path, *arguments: str, at_once: int = 1) -> subprocess.Popen:
     environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    if at_once > 1:  # as `tunepipe run` tells the workers it starts on one machine
+        from components.tune.workers import SHARED_MACHINE_ENV
+
+        environment[SHARED_MACHINE_ENV] = str(at_once)
     log = open(root / f"process-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 (closed with the process)
     return subprocess.Popen([sys.executable, __file__, "--process", *arguments], cwd=ROOT, env=environment,
                             stdout=subprocess.PIPE, stderr=log, text=True)
@@ -101,7 +107,7 @@ def search(examples: Path, transform: Path, root: Path, algorithm: str, workers:
         parts = [folder / f"worker-{worker}" for worker in range(workers)]
         processes = [_process(folder, "--examples", str(examples), "--transform", str(transform), "--out",
                               str(part), "--work", str(folder / "work"), "--config", json.dumps(config),
-                              "--worker", str(worker), "--workers", str(workers))
+                              "--worker", str(worker), "--workers", str(workers), at_once=workers)
                      for worker, part in enumerate(parts)]
         runs = [_finished(process) for process in processes]
         merge = _finished(_process(folder, "--out", str(folder / "tuning"), "--config", json.dumps(config),

@@ -36,7 +36,7 @@ from components.tune import artifact, trials
 from components.tune.algorithms import ALGORITHMS, grid_assignments, grid_points
 from components.tune.config import TunerConfig
 from components.tune.report import conditions_of
-from components.tune.workers import shard
+from components.tune.workers import shard, share_machine
 from components.tune.observer import COMPLETED, FAILED, INVALID, SearchPlan, TrialObserver
 
 log = logging.getLogger("tunepipe.tune")
@@ -342,6 +342,9 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
     and the default hyperparameters are the result.
     """
     out = Path(out)
+    if workers > 1 and (threads := share_machine()) is not None:
+        log.info("tune: worker %d shares this machine's CPUs with other workers: TensorFlow's thread pools have "
+                 "%d thread(s) each", worker, threads)
     examples_manifest = artifacts.read_manifest(examples, artifacts.EXAMPLES)
     transform_manifest = artifacts.read_manifest(transform, artifacts.TRANSFORM)
     inputs = {"examples": str(examples), "examples_digest": examples_manifest["digest"],

@@ -29,6 +29,37 @@ from components.tune.observer import COMPLETED
 from components.tune.trials import TRIALS_RECORDS, read_records
 
 
+# How many tune workers run at once on this machine, where they share its CPUs: `tunepipe run` sets it
+# for kfp.local's processes. Unset (Kubeflow: a pod per worker), TensorFlow sizes its pools itself.
+SHARED_MACHINE_ENV = "TUNEPIPE_TUNE_WORKERS_PER_MACHINE"
+
+
+def share_machine() -> int | None:
+    """Limit TensorFlow's thread pools to this worker's share of the CPUs, when workers share them.
+
+    Each TensorFlow process sizes its inter- and intra-op pools to every CPU it may run on; two
+    workers on two cores then run four pools' threads on two cores, and each trial waited for its
+    threads (two workers took 1.3x as long a trial as one alone; with a core each, 1.05x:
+    docs/parallel-trials.md). Returns the threads each pool got, or None if nothing was limited.
+    Must run before TensorFlow runs its first operation in this process.
+    """
+    at_once = os.environ.get(SHARED_MACHINE_ENV)
+    if not at_once:
+        return None
+    if not at_once.isdigit() or int(at_once) < 1:
+        raise DataError(f"{SHARED_MACHINE_ENV}={at_once!r}: expected the number of tune workers that run at once "
+                        f"on this machine, a whole number of at least 1")
+    threads = max(1, len(os.sched_getaffinity(0)) // int(at_once))
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already ran in this process (several workers in one test process)
+        return None
+    return threads
+
+
 def shard(config: TunerConfig, worker: int, workers: int) -> TunerConfig:
     """The part of the search `worker` (0-based, of `workers`) runs."""
     if workers == 1:

@@ -2,6 +2,11 @@
 of their results into one search; the workers are real Keras Tuner searches over the penguins."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from components import artifacts
@@ -26,6 +31,28 @@ def test_each_algorithm_is_shared_as_its_docs_say():
     assert [workers.shard(tiny_config(hyperband_iterations=3), w, 2).hyperband_iterations for w in range(2)] == [2, 1]
     assert [workers.shard(tiny_config(), w, 3).hyperband_iterations for w in range(3)] == [1, 1, 1]
     assert workers.shard(random, 0, 1) == random
+
+
+def test_workers_sharing_a_machine_share_its_cpus_between_their_tensorflow_thread_pools():
+    # A worker told that two workers run at once on this machine (as `tunepipe run` tells kfp.local's
+    # tasks) gives TensorFlow's pools half the CPUs it may use, before TensorFlow starts.
+    probe = ("from components.tune import workers; threads = workers.share_machine(); import tensorflow as tf; "
+             "print(threads, tf.config.threading.get_intra_op_parallelism_threads(), "
+             "tf.config.threading.get_inter_op_parallelism_threads())")
+    environment = {**os.environ, workers.SHARED_MACHINE_ENV: "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", probe], env=environment, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert done.returncode == 0, done.stderr
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert done.stdout.split() == [str(share)] * 3
+
+
+def test_a_worker_alone_on_its_machine_leaves_tensorflow_its_own_pools(monkeypatch):
+    monkeypatch.delenv(workers.SHARED_MACHINE_ENV, raising=False)  # Kubeflow: a pod of its own
+    assert workers.share_machine() is None
+    monkeypatch.setenv(workers.SHARED_MACHINE_ENV, "two")
+    with pytest.raises(DataError, match=f"^{workers.SHARED_MACHINE_ENV}='two': expected the number of tune workers"):
+        workers.share_machine()
 
 
 def search(inputs, root, worker, config, callbacks=None):
