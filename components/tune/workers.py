@@ -37,11 +37,10 @@ SHARED_MACHINE_ENV = "TUNEPIPE_TUNE_WORKERS_PER_MACHINE"
 def share_machine() -> int | None:
     """Limit TensorFlow's thread pools to this worker's share of the CPUs, when workers share them.
 
-    Each TensorFlow process sizes its inter- and intra-op pools to every CPU it may run on; two
-    workers on two cores then run four pools' threads on two cores, and each trial waited for its
-    threads (two workers took 1.3x as long a trial as one alone; with a core each, 1.05x:
-    docs/parallel-trials.md). Returns the threads each pool got, or None if nothing was limited.
-    Must run before TensorFlow runs its first operation in this process.
+    Each TensorFlow process sizes its inter- and intra-op pools to every CPU it may run on, so two
+    workers on two cores run two pools of two threads each and their trials wait for each other's
+    threads (measured in docs/parallel-trials.md). Returns the threads each pool got, or None if
+    nothing was limited. Must run before TensorFlow runs its first operation in this process.
     """
     at_once = os.environ.get(SHARED_MACHINE_ENV)
     if not at_once:
