@@ -17,6 +17,7 @@ import re
 import signal
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,30 +167,42 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"run-{stamp}.log"
     error_file = log_dir / f"run-{stamp}.errors.jsonl"
+    # The workers of a parallel search share this machine's CPUs (components.tune.workers.share_machine).
+    shared = {tune_workers.SHARED_MACHINE_ENV: str(_workers_at_once(config.tuner.workers))} \
+        if config.tuner.workers > 1 else {}
     # One run at a time on an output root (a second one refuses); the steps' warm server starts
     # first: it imports while the run gets ready.
-    with run_lock.held(output_root), step_server.started(log_dir / f"run-{stamp}.server.log") as server:
-        os.environ[step_server.ENV] = server.address
-        if config.tuner.workers > 1:  # the workers of a parallel search share this machine's CPUs
-            os.environ[tune_workers.SHARED_MACHINE_ENV] = str(_workers_at_once(config.tuner.workers))
+    with run_lock.held(output_root), step_server.started(log_dir / f"run-{stamp}.server.log") as server, \
+            _environment({step_server.ENV: server.address, **shared}):
         if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
             server.open_store(uri)  # a store that exists can be opened now, before the first step asks
         try:
-            try:
-                return _run(config, code_version, use_cache, force_push, console, reuse_hyperparameters,
-                            warm_start, output_root, stamp, log_file, error_file, server)
-            except _ChangedInput as changed:
-                # A cached artifact whose files were changed: its producer runs again, once.
-                dropped = _drop_cache_entries(output_root / "cache", changed.uri)
-                console.print(f"[yellow]↻ {changed.uri} was changed after it was written: "
-                              f"{dropped} cache entries dropped, the steps that made it run again[/yellow]")
-                stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-again"
-                log_file, error_file = log_dir / f"run-{stamp}.log", log_dir / f"run-{stamp}.errors.jsonl"
-                return _run(config, code_version, use_cache, force_push, console, reuse_hyperparameters,
-                            warm_start, output_root, stamp, log_file, error_file, server)
-        finally:
-            os.environ.pop(step_server.ENV, None)
-            os.environ.pop(tune_workers.SHARED_MACHINE_ENV, None)
+            return _run(config, code_version, use_cache, force_push, console, reuse_hyperparameters,
+                        warm_start, output_root, stamp, log_file, error_file, server)
+        except _ChangedInput as changed:
+            # A cached artifact whose files were changed: its producer runs again, once.
+            dropped = _drop_cache_entries(output_root / "cache", changed.uri)
+            console.print(f"[yellow]↻ {changed.uri} was changed after it was written: "
+                          f"{dropped} cache entries dropped, the steps that made it run again[/yellow]")
+            stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S") + "-again"
+            log_file, error_file = log_dir / f"run-{stamp}.log", log_dir / f"run-{stamp}.errors.jsonl"
+            return _run(config, code_version, use_cache, force_push, console, reuse_hyperparameters,
+                        warm_start, output_root, stamp, log_file, error_file, server)
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in this process's environment (and so its tasks') while the run lasts; then as before."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _workers_at_once(workers: int) -> int:
@@ -198,8 +211,10 @@ def _workers_at_once(workers: int) -> int:
     try:
         from kfp.local.orchestrator.enhanced_dag_orchestrator import ParallelExecutor
 
-        return max(1, min(workers, ParallelExecutor().max_workers))
-    except (ImportError, AttributeError, TypeError):
+        return max(1, min(workers, int(ParallelExecutor().max_workers)))
+    except (ImportError, AttributeError, TypeError, ValueError):
+        logging.getLogger("tunepipe").debug("kfp.local's cap on a loop's tasks at once not found; taking all %d",
+                                            workers)
         return workers
 
 

@@ -197,8 +197,8 @@ def test_a_parallel_search_runs_its_workers_at_once_and_is_one_search_on_the_rec
     # The two workers ran on this machine at once, so each had half its CPUs for TensorFlow's pools.
     log = next((tmp_path / "tunepipe-out" / "logs").glob("run-*[0-9].log")).read_text()
     share = max(1, len(os.sched_getaffinity(0)) // 2)
-    assert sorted(re.findall(r"worker (\d) shares this machine's CPUs with other workers: TensorFlow's thread pools "
-                             rf"have {share} thread", log)) == ["0", "1"]
+    assert sorted(re.findall(r"worker (\d) shares this machine's CPUs with the workers running beside it: "
+                             rf"TensorFlow's thread pools have {share} thread", log)) == ["0", "1"]
 
     # The same config again: the workers and the merge come from the cache.
     again = tunepipe("run", "--config", str(config), cwd=tmp_path)

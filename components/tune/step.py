@@ -343,8 +343,8 @@ def run(examples: str | os.PathLike[str], transform: str | os.PathLike[str], out
     """
     out = Path(out)
     if workers > 1 and (threads := share_machine()) is not None:
-        log.info("tune: worker %d shares this machine's CPUs with other workers: TensorFlow's thread pools have "
-                 "%d thread(s) each", worker, threads)
+        log.info("tune: worker %d shares this machine's CPUs with the workers running beside it: TensorFlow's "
+                 "thread pools have %d thread(s) each", worker, threads)
     examples_manifest = artifacts.read_manifest(examples, artifacts.EXAMPLES)
     transform_manifest = artifacts.read_manifest(transform, artifacts.TRANSFORM)
     inputs = {"examples": str(examples), "examples_digest": examples_manifest["digest"],

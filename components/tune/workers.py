@@ -17,6 +17,7 @@ artifact, which train, the report and retraining read as they read a single sear
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -28,33 +29,41 @@ from components.model.hyperparameters import read_hyperparameters
 from components.tune.observer import COMPLETED
 from components.tune.trials import TRIALS_RECORDS, read_records
 
+log = logging.getLogger("tunepipe.tune")
+
 
 # How many tune workers run at once on this machine, where they share its CPUs: `tunepipe run` sets it
-# for kfp.local's processes. Unset (Kubeflow: a pod per worker), TensorFlow sizes its pools itself.
+# for kfp.local's processes. Unset (Kubeflow, where each worker is a pod), TensorFlow sizes its pools itself.
 SHARED_MACHINE_ENV = "TUNEPIPE_TUNE_WORKERS_PER_MACHINE"
+# TensorFlow's own settings of its pools: a user who sets them keeps them.
+_TENSORFLOW_THREADS_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
 def share_machine() -> int | None:
     """Limit TensorFlow's thread pools to this worker's share of the CPUs, when workers share them.
 
-    Each TensorFlow process sizes its inter- and intra-op pools to every CPU it may run on, so two
-    workers on two cores run two pools of two threads each and their trials wait for each other's
-    threads (measured in docs/parallel-trials.md). Returns the threads each pool got, or None if
-    nothing was limited. Must run before TensorFlow runs its first operation in this process.
+    Each TensorFlow process sizes its inter- and intra-op pools to every CPU it may run on; two
+    workers on two cores, each with two threads a pool, slowed each other's trials more than with
+    one thread each (docs/parallel-trials.md). Returns the threads each pool got, or None if
+    nothing was limited. Must run before TensorFlow's runtime starts in this process (its first
+    operation or device query).
     """
     at_once = os.environ.get(SHARED_MACHINE_ENV)
-    if not at_once:
+    if not at_once or any(os.environ.get(name) for name in _TENSORFLOW_THREADS_ENV):
         return None
-    if not at_once.isdigit() or int(at_once) < 1:
+    if not (at_once.isascii() and at_once.isdigit()) or int(at_once) < 1:
         raise DataError(f"{SHARED_MACHINE_ENV}={at_once!r}: expected the number of tune workers that run at once "
                         f"on this machine, a whole number of at least 1")
-    threads = max(1, len(os.sched_getaffinity(0)) // int(at_once))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cpus // int(at_once))
     import tensorflow as tf
 
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # TensorFlow already ran in this process (several workers in one test process)
+    except RuntimeError:
+        log.warning("tune: TensorFlow had already started in this process, so its thread pools keep their sizes "
+                    "(%s asked for %d thread(s) each)", SHARED_MACHINE_ENV, threads)
         return None
     return threads
 

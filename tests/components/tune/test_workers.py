@@ -47,11 +47,18 @@ def test_workers_sharing_a_machine_share_its_cpus_between_their_tensorflow_threa
     assert done.stdout.split() == [str(share)] * 3
 
 
-def test_a_worker_alone_on_its_machine_leaves_tensorflow_its_own_pools(monkeypatch):
+def test_a_worker_alone_on_its_machine_or_told_by_its_user_leaves_tensorflow_its_pools(monkeypatch):
     monkeypatch.delenv(workers.SHARED_MACHINE_ENV, raising=False)  # Kubeflow: a pod of its own
     assert workers.share_machine() is None
-    monkeypatch.setenv(workers.SHARED_MACHINE_ENV, "two")
-    with pytest.raises(DataError, match=f"^{workers.SHARED_MACHINE_ENV}='two': expected the number of tune workers"):
+    monkeypatch.setenv(workers.SHARED_MACHINE_ENV, "2")
+    monkeypatch.setenv("TF_NUM_INTRAOP_THREADS", "4")  # the user's own setting wins
+    assert workers.share_machine() is None
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1", "\u00b2"])
+def test_a_bad_count_of_workers_sharing_the_machine_is_one_line(monkeypatch, value):
+    monkeypatch.setenv(workers.SHARED_MACHINE_ENV, value)
+    with pytest.raises(DataError, match=f"^{workers.SHARED_MACHINE_ENV}=.*: expected the number of tune workers"):
         workers.share_machine()
 
 
