@@ -17,7 +17,6 @@ import re
 import signal
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,7 +172,7 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
     # One run at a time on an output root (a second one refuses); the steps' warm server starts
     # first: it imports while the run gets ready.
     with run_lock.held(output_root), step_server.started(log_dir / f"run-{stamp}.server.log") as server, \
-            _environment({step_server.ENV: server.address, **shared}):
+            tracking.environment({step_server.ENV: server.address, **shared}):
         if uri.startswith("sqlite:///") and Path(uri.removeprefix("sqlite:///")).exists():
             server.open_store(uri)  # a store that exists can be opened now, before the first step asks
         try:
@@ -188,21 +187,6 @@ def run(config: PipelineConfig, code_version: str, use_cache: bool = True,
             log_file, error_file = log_dir / f"run-{stamp}.log", log_dir / f"run-{stamp}.errors.jsonl"
             return _run(config, code_version, use_cache, force_push, console, reuse_hyperparameters,
                         warm_start, output_root, stamp, log_file, error_file, server)
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]) -> Iterator[None]:
-    """`values` in this process's environment (and so its tasks') while the run lasts; then as before."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _workers_at_once(workers: int) -> int:

@@ -179,15 +179,15 @@ def test_workers_logging_the_same_inputs_at_once_both_record_them():
 
 def test_tunepipe_run_tells_the_workers_how_many_share_the_machine_and_then_restores_the_environment(monkeypatch):
     from components.tune.workers import SHARED_MACHINE_ENV
-    from pipeline import local_run
+    from pipeline import local_run, tracking
 
     # kfp.local runs at most two tasks of a loop at once (kfp 2.17), so 3 workers share it two by two.
     assert [local_run._workers_at_once(workers) for workers in (1, 2, 3, 8)] == [1, 2, 2, 2]
     monkeypatch.setenv(SHARED_MACHINE_ENV, "5")  # the user's own value, before the run
-    with local_run._environment({SHARED_MACHINE_ENV: "2"}):
+    with tracking.environment({SHARED_MACHINE_ENV: "2"}):
         assert os.environ[SHARED_MACHINE_ENV] == "2"
     assert os.environ[SHARED_MACHINE_ENV] == "5"
     monkeypatch.delenv(SHARED_MACHINE_ENV)
-    with pytest.raises(KeyboardInterrupt), local_run._environment({SHARED_MACHINE_ENV: "2"}):
+    with pytest.raises(KeyboardInterrupt), tracking.environment({SHARED_MACHINE_ENV: "2"}):
         raise KeyboardInterrupt
     assert SHARED_MACHINE_ENV not in os.environ
