@@ -224,8 +224,9 @@ def test_tfma_loss_calibration_and_auc_equal_numpy_over_the_serving_signature(go
 
 
 def _assert_same_document(batched, per_example, where: str = "") -> None:
-    """Equal, floats to the last digits a different order of summation changes (Keras sums the loss
-    in float32)."""
+    """Equal, floats to the digits a different order of summation in float32 leaves alone (Keras sums
+    the loss in float32, and the predictions are float32: CI once saw a slice's calibration differ
+    by 1.1e-6 relative, 0.03742869 against 0.03742873)."""
     if isinstance(per_example, dict):
         assert set(batched) == set(per_example), where
         for key in per_example:
@@ -235,7 +236,7 @@ def _assert_same_document(batched, per_example, where: str = "") -> None:
         for index, (mine, theirs) in enumerate(zip(batched, per_example)):
             _assert_same_document(mine, theirs, f"{where}[{index}]")
     elif isinstance(per_example, float) and not isinstance(batched, bool):
-        assert isinstance(batched, float) and math.isclose(batched, per_example, rel_tol=1e-6, abs_tol=1e-9), where
+        assert isinstance(batched, float) and math.isclose(batched, per_example, rel_tol=1e-5, abs_tol=1e-9), where
     else:
         assert batched == per_example, where
 
