@@ -21,9 +21,19 @@ what TFMA's `metric_util.to_label_prediction_example_weight` yields for one exam
 
 The sums are the same numbers added in another order, so a float metric may differ from TFMA's
 per-example result in its last digits (tests/components/evaluate/test_batched_metrics.py compares
-both on the same examples, test_step.py both paths on the same split). One difference is
-deliberate: TFMA 0.52's mean squared and absolute errors count the first of several merged
-accumulators twice; the batched ones merge them once. Only the settings an evaluation here
+both on the same examples, test_step.py both paths on the same split). Two differences are
+deliberate, both where TFMA 0.52 is wrong:
+- its mean squared and absolute errors count the first of several merged accumulators twice; the
+  batched ones merge them once;
+- the histogram of one bucket it builds for top-k precision and recall (bucket 0: not in the top k,
+  -inf; 1: in it; 2: a prediction of exactly 1.0) lists only the buckets hit, and
+  `binary_confusion_matrices._histogram_to_binary_confusion_matrices` reads it by position. A slice
+  where no example of a class is in the top k ([0]) gets recall 1.0 instead of 0; one whose examples
+  are all in the top k, one at exactly 1.0 ([1, 2]), counts that one alone as a true positive. The
+  batched histogram of one bucket lists all three buckets, empty ones too, which TFMA reads right.
+  Which rows come out at exactly 1.0 in float32 depends on the CPU and the batching. (TFMA's own
+  per-example path, which `tfma_runner` falls back to for settings not batched, keeps the bug.)
+Only the settings an evaluation here
 produces are vectorized (no example weights, no micro averaging, class_id and top_k sub keys); any
 other combiner or setting raises when the metrics are built, rather than being computed in a way
 TFMA would not.
@@ -216,10 +226,12 @@ class _CalibrationHistogram(calibration_histogram._CalibrationHistogramCombiner)
         return result
 
     def extract_output(self, accumulator: _Histogram) -> dict:
+        # TFMA reads a one-bucket histogram (top-k) by position, without rebinning it: every bucket.
+        listed = np.arange(len(accumulator.hits)) if self._num_buckets == 1 else np.flatnonzero(accumulator.hits)
         return {self._key: [calibration_histogram.Bucket(int(index), float(accumulator.labels[index]),
                                                          float(accumulator.predictions[index]),
                                                          float(accumulator.examples[index]))
-                            for index in np.flatnonzero(accumulator.hits)]}
+                            for index in listed]}
 
 
 class _WeightedLabelsPredictionsExamples(calibration._WeightedLabelsPredictionsExamplesCombiner):
