@@ -1,7 +1,8 @@
 """The evaluate step: TFMA's numbers against an independent computation over the exported model's
 serving signature, the blessing for a better and a worse candidate, defaults and skipped change
 thresholds on a first run, slices, the same evaluation from TFMA's own per-example metrics and from
-the batched ones, progress, and the errors a user can cause.
+the batched ones (TFMA's per-example top-k precision and recall corrected as the batched ones are:
+`components.evaluate.batched_combiners`), progress, and the errors a user can cause.
 
 Two small penguin models are trained once: a good one (10 epochs) and a weak one (1 epoch at a low
 learning rate). Each evaluation runs once (TFMA on Beam takes ~5-10 s per run here).
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.metrics import calibration_histogram
 
 from components import artifacts
 from components.beam_run import BeamConfig
@@ -55,13 +57,16 @@ class Reference:
     """The eval split scored without TFMA: the SavedModel's serving signature on hand-built tf.Examples."""
 
     labels: np.ndarray  # class index per row
-    islands: np.ndarray
+    slice_values: dict[str, np.ndarray]  # slice column -> its value per row as metrics.json names it
     predicted: dict[str, np.ndarray]  # model name -> predicted class index per row
     probabilities: dict[str, np.ndarray]  # model name -> (rows, classes)
 
     def accuracy(self, name: str, rows: np.ndarray | None = None) -> float:
         rows = np.ones(len(self.labels), bool) if rows is None else rows
         return float(np.mean(self.predicted[name][rows] == self.labels[rows]))
+
+    def in_slice(self, column: str, value: str) -> np.ndarray:
+        return self.slice_values[column] == value
 
 
 def _serialized(rows: list[dict], schema: Schema) -> list[bytes]:
@@ -91,7 +96,10 @@ def reference(penguin_inputs, models) -> Reference:
         probabilities[name] = serve(examples=serialized)["probabilities"].numpy().astype(np.float64)
         predicted[name] = np.argmax(probabilities[name], axis=1)
     labels = np.array([vocabulary.index(row[schema.label.name]) for row in rows])
-    reference = Reference(labels, np.array([row["island"] for row in rows]), predicted, probabilities)
+    slice_values = {"island": np.array([row["island"] for row in rows]),
+                    "sex": np.array([row["sex"] or "" for row in rows]),  # missing: in no slice
+                    "year": np.array([str(int(row["year"])) for row in rows])}
+    reference = Reference(labels, slice_values, predicted, probabilities)
     assert reference.accuracy("weak") < reference.accuracy("good") - MAX_DROP, "the weak model is not worse"
     return reference
 
@@ -153,12 +161,30 @@ def every_slice(penguin_inputs, models, served_good, tmp_path_factory) -> tuple[
     return result, calls
 
 
+def _every_bucket_of_one(extract_output):
+    """TFMA's calibration histogram listing every bucket of a one-bucket (top-k) histogram, empty ones
+    too, as the batched one does: TFMA 0.52 reads that histogram by position, so the buckets missing
+    from its sparse list give wrong top-k precision and recall (`components.evaluate.batched_combiners`)."""
+    def extract(self, accumulator):
+        output = extract_output(self, accumulator)
+        if self._num_buckets != 1:
+            return output
+        (key, histogram), = output.items()
+        listed = {bucket.bucket_id: bucket for bucket in histogram}
+        return {key: [listed.get(index, calibration_histogram.Bucket(index, 0.0, 0.0, 0.0)) for index in range(3)]}
+    return extract
+
+
 @pytest.fixture(scope="module")
 def every_slice_per_example(penguin_inputs, models, served_good, tmp_path_factory) -> evaluate.EvaluateResult:
-    """The same evaluation by TFMA's own per-example metrics and extractors."""
+    """The same evaluation by TFMA's own per-example metrics and extractors, its top-k histograms
+    listed whole (Beam runs in this process)."""
     out = tmp_path_factory.mktemp("evaluate") / "every-slice-per-example"
-    return evaluate.run(penguin_inputs.examples, models.weak, out, EVERY_SLICE, BeamConfig(), baseline=served_good,
-                        per_example=True)
+    combiner = calibration_histogram._CalibrationHistogramCombiner
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(combiner, "extract_output", _every_bucket_of_one(combiner.extract_output))
+        return evaluate.run(penguin_inputs.examples, models.weak, out, EVERY_SLICE, BeamConfig(),
+                            baseline=served_good, per_example=True)
 
 
 def read(result: evaluate.EvaluateResult, name: str):
@@ -223,10 +249,14 @@ def test_tfma_loss_calibration_and_auc_equal_numpy_over_the_serving_signature(go
         assert found["macro_auc"] == pytest.approx(float(np.mean(aucs)), abs=2e-3)
 
 
+# The relative difference a different order of summation in float32 leaves (Keras sums the loss in
+# float32, and the predictions are float32): CI saw a slice's calibration differ by 1.1e-6 relative
+# (0.03742869 against 0.03742873), another value by 2.7e-6 (-0.00793556 against -0.00793554).
+FLOAT32_SUMS = 1e-5
+
+
 def _assert_same_document(batched, per_example, where: str = "") -> None:
-    """Equal, floats to the digits a different order of summation in float32 leaves alone (Keras sums
-    the loss in float32, and the predictions are float32: CI once saw a slice's calibration differ
-    by 1.1e-6 relative, 0.03742869 against 0.03742873)."""
+    """Equal, floats to FLOAT32_SUMS."""
     if isinstance(per_example, dict):
         assert set(batched) == set(per_example), where
         for key in per_example:
@@ -236,7 +266,8 @@ def _assert_same_document(batched, per_example, where: str = "") -> None:
         for index, (mine, theirs) in enumerate(zip(batched, per_example)):
             _assert_same_document(mine, theirs, f"{where}[{index}]")
     elif isinstance(per_example, float) and not isinstance(batched, bool):
-        assert isinstance(batched, float) and math.isclose(batched, per_example, rel_tol=1e-5, abs_tol=1e-9), where
+        assert isinstance(batched, float) and math.isclose(batched, per_example, rel_tol=FLOAT32_SUMS,
+                                                           abs_tol=1e-9), where
     else:
         assert batched == per_example, where
 
@@ -264,7 +295,7 @@ def test_batched_and_per_example_tfma_write_the_same_evaluation(every_slice, eve
     assert set(metrics) == set(their_metrics) and plots == their_plots
     for key, value in their_metrics.items():
         if value.HasField("double_value"):
-            assert math.isclose(metrics[key].double_value.value, value.double_value.value, rel_tol=1e-6,
+            assert math.isclose(metrics[key].double_value.value, value.double_value.value, rel_tol=FLOAT32_SUMS,
                                 abs_tol=1e-9) or (math.isnan(value.double_value.value)
                                                   and math.isnan(metrics[key].double_value.value))
         else:
@@ -275,6 +306,32 @@ def test_batched_and_per_example_tfma_write_the_same_evaluation(every_slice, eve
     assert failures == {(f.slice_key.SerializeToString(),
                          tuple(sorted(x.metric_key.SerializeToString() for x in f.failures)))
                         for f in their_validation.metric_validations_per_slice}
+
+
+def test_per_class_precision_and_recall_in_every_slice_follow_the_top_prediction(every_slice, reference):
+    # Also where a slice's examples of a class are never predicted as it: recall 0, where TFMA 0.52's
+    # own per-example path reads its sparse top-k histogram by position and says 1.0.
+    metrics = read(every_slice[0], evaluate.METRICS)
+    vocabulary = list(metrics["overall"]["candidate"]["recall"])
+    checked = 0
+    for column, by_value in metrics["slices"].items():
+        for value, by_role in by_value.items():
+            rows = reference.in_slice(column, value)
+            assert by_role["candidate"]["example_count"] == rows.sum(), (column, value)
+            for role, name in (("candidate", "weak"), ("baseline", "good")):
+                predicted, labels = reference.predicted[name][rows], reference.labels[rows]
+                for index, class_name in enumerate(vocabulary):
+                    where = (column, value, role, class_name)
+                    if (labels == index).any():
+                        assert by_role[role]["recall"][class_name] == pytest.approx(
+                            np.mean(predicted[labels == index] == index), abs=1e-6), where
+                        checked += 1
+                    if (predicted == index).any():
+                        assert by_role[role]["precision"][class_name] == pytest.approx(
+                            np.mean(labels[predicted == index] == index), abs=1e-6), where
+                    else:
+                        assert by_role[role]["precision"][class_name] is None, where
+    assert checked
 
 
 def test_progress_counts_rows_as_tfma_takes_them_and_ends_at_the_rows_evaluated(every_slice):
@@ -315,9 +372,9 @@ def test_a_worse_candidate_fails_the_change_threshold_and_the_blessing_says_by_h
     assert overall["value"] == pytest.approx(drop, abs=1e-6)
     assert overall["by_how_much"] == pytest.approx(-MAX_DROP - drop, abs=1e-6)
     # Held on every island too: exactly the islands where the weak model is worse by more than 0.01.
-    worse = {f"island={island}" for island in np.unique(reference.islands)
-             if reference.accuracy("weak", reference.islands == island)
-             - reference.accuracy("good", reference.islands == island) < -MAX_DROP}
+    worse = {f"island={island}" for island in np.unique(reference.slice_values["island"])
+             if reference.accuracy("weak", reference.in_slice("island", island))
+             - reference.accuracy("good", reference.in_slice("island", island)) < -MAX_DROP}
     assert {f["slice"] for f in change} - {"overall"} == worse
     report = read(weak_vs_good, reporting.REPORT)
     assert "# Evaluation: NOT BLESSED" in report
@@ -361,10 +418,10 @@ def test_per_island_metrics_are_in_metrics_json_and_the_report(weak_vs_good, ref
     metrics = read(weak_vs_good, evaluate.METRICS)
     report = read(weak_vs_good, reporting.REPORT)
     islands = metrics["slices"]["island"]
-    assert set(islands) == set(np.unique(reference.islands))
+    assert set(islands) == set(np.unique(reference.slice_values["island"]))
     assert "## By `island`" in report
     for island, by_model in islands.items():
-        rows = reference.islands == island
+        rows = reference.in_slice("island", island)
         assert by_model["candidate"]["example_count"] == rows.sum()
         assert by_model["candidate"]["accuracy"] == pytest.approx(reference.accuracy("weak", rows), abs=1e-6)
         assert by_model["baseline"]["accuracy"] == pytest.approx(reference.accuracy("good", rows), abs=1e-6)
