@@ -28,9 +28,11 @@ deliberate, both where TFMA 0.52 is wrong:
 - the histogram of one bucket it builds for top-k precision and recall (bucket 0: not in the top k,
   -inf; 1: in it; 2: a prediction of exactly 1.0) lists only the buckets hit, and
   `binary_confusion_matrices._histogram_to_binary_confusion_matrices` reads it by position. A slice
-  where no example of a class is in the top k ([0]) gets recall 1.0 instead of 0; one whose examples
-  are all in the top k, one at exactly 1.0 ([1, 2]), counts that one alone as a true positive. The
-  batched histogram of one bucket lists all three buckets, empty ones too, which TFMA reads right.
+  where the class is never predicted ([0]) gets recall 1.0 instead of 0 and a precision (the class's
+  share of the slice) where none is defined; one where every example is predicted as the class, some
+  at exactly 1.0 ([1, 2]), counts only those as predicted (the others as false negatives or true
+  negatives). The batched histogram of one bucket lists all three buckets, empty ones too, which TFMA
+  reads right.
   Which rows come out at exactly 1.0 in float32 depends on the CPU and the batching. (TFMA's own
   per-example path, which `tfma_runner` falls back to for settings not batched, keeps the bug.)
 Only the settings an evaluation here

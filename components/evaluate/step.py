@@ -149,8 +149,8 @@ def run(examples: str | os.PathLike[str], model: str | os.PathLike[str], out: st
     `progress`, if given, is called with the running count of rows evaluated: every ~2 s or
     100,000 rows while TFMA runs (when its feed runs in this process, as on the DirectRunner), and
     once at the end with the number of rows evaluated. `per_example` runs TFMA's own per-example
-    metrics, as before they were batched (the same outputs; for the benchmark and the tests that
-    compare both)."""
+    metrics, as before they were batched (the same outputs but where TFMA 0.52 is wrong,
+    `components.evaluate.batched_combiners`; for the benchmark and the tests that compare both)."""
     out = Path(out)
     artifacts.read_manifest(examples, artifacts.EXAMPLES)
     schema = Schema.read(examples)

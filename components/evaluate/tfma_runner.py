@@ -119,8 +119,8 @@ def run_tfma(files: list[str], columns: dict[str, str], label: str, vocabulary: 
 
     TFMA computes the metrics of `tfma_config` over batches of examples that share their slice
     values (`components.evaluate.batched_metrics`); `per_example` runs TFMA's own per-example
-    metrics instead, with its default extractors (the same numbers, 28x slower at 100k rows:
-    bench/evaluate)."""
+    metrics instead, with its default extractors (the same numbers but where TFMA 0.52 is wrong,
+    `components.evaluate.batched_combiners`; 28x slower at 100k rows: bench/evaluate)."""
     import tensorflow_model_analysis as tfma
     from tfx_bsl.public import tfxio
 

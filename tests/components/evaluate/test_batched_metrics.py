@@ -6,12 +6,13 @@ batched form, which must be refused rather than computed differently."""
 from __future__ import annotations
 
 import json
+import math
 import pickle
 
 import numpy as np
 import pytest
 from tensorflow_model_analysis.api import types
-from tensorflow_model_analysis.metrics import metric_specs, metric_types
+from tensorflow_model_analysis.metrics import calibration_histogram, metric_specs, metric_types
 from tensorflow_model_analysis.proto import config_pb2
 
 from components.evaluate import batched_combiners, batched_metrics, tfma_runner
@@ -196,7 +197,8 @@ def test_a_histogram_accumulator_travels_as_the_buckets_hit():
     histogram = next(computation.combiner for computation in metric_specs.to_computations(
         list(batched_metrics.batched_config(config).metrics_specs), config)
         if isinstance(computation, metric_types.MetricComputation)
-        and isinstance(computation.combiner, batched_combiners._CalibrationHistogram))
+        and isinstance(computation.combiner, batched_combiners._CalibrationHistogram)
+        and computation.combiner._num_buckets == calibration_histogram.DEFAULT_NUM_BUCKETS)
     accumulator = histogram.add_input(histogram.create_accumulator(),
                                       batch(labels, predictions, PROBABILITIES, two_models=False))
     travelled = pickle.loads(pickle.dumps(accumulator))
@@ -220,18 +222,50 @@ def test_a_setting_without_a_batched_form_is_refused_when_the_metrics_are_built(
         metric_specs.to_computations(list(wrapped.metrics_specs), wrapped)
 
 
-def test_top_k_recall_of_a_slice_of_positives_with_a_certain_prediction_counts_every_example():
-    # Every example of the class, every one predicted far above the threshold, one of them at exactly
-    # 1.0 (the histogram's overflow bucket). TFMA 0.52 reads its sparse one-bucket histogram by
-    # position and counts 1 of the 11; the batched histogram lists every bucket (module docstring).
-    labels = np.zeros(11, int)
+def _certain_positives():
+    """11 examples of class 0, every one predicted class 0, one of them at exactly 1.0 (the overflow
+    bucket): top-k histogram [1, 2]."""
     probabilities = np.tile(np.array([0.99999994, 3e-8, 3e-8], np.float32), (11, 1))
     probabilities[9] = [1.0, 0.0, 0.0]
+    return np.zeros(11, int), probabilities
+
+
+def _never_predicted():
+    """Two examples of class 2 among four, class 0 predicted for every one: class 2's histogram [0]."""
+    return np.array([2, 2, 0, 0]), np.tile(np.array([0.6, 0.3, 0.1], np.float32), (4, 1))
+
+
+@pytest.mark.parametrize("rows, class_id, recall, precision, tfma_recall, tfma_precision", [
+    (_certain_positives, 0, 1.0, 1.0, 1 / 11, 1.0),
+    (_never_predicted, 2, 0.0, None, 1.0, 0.5),  # never predicted: precision undefined (NaN)
+], ids=("all predicted, one at exactly 1.0", "never predicted"))
+def test_top_k_precision_and_recall_are_right_where_tfma_reads_its_sparse_histogram_by_position(
+        rows, class_id, recall, precision, tfma_recall, tfma_precision):
+    # TFMA 0.52's one-bucket histogram lists only the buckets hit and is read by position; the
+    # batched one lists every bucket (module docstring of batched_combiners). The per-example values
+    # are TFMA's as it is: when they change, TFMA has fixed it and the deviation can go.
+    labels, probabilities = rows()
     vocabulary = tuple(f"class {index}" for index in range(3))
     config = with_model_names(tfma_runner.eval_config("multiclass", LABEL, vocabulary, 1, (), [], True),
                               [CANDIDATE, BASELINE])
-    found = metrics(batched_metrics.batched_config(config),
-                    [[batch(labels, {CANDIDATE: probabilities, BASELINE: probabilities}, PROBABILITIES, True)]])
-    recalls = {key.model_name: value for key, value in found.items() if key.name == "recall"
-               and key.sub_key is not None and key.sub_key.class_id == 0}
-    assert recalls and all(value == pytest.approx(1.0) for value in recalls.values()), recalls
+    predictions = {CANDIDATE: probabilities, BASELINE: probabilities}
+
+    def of_the_class(found: dict) -> dict:
+        return {(key.model_name, key.name): value for key, value in found.items()
+                if key.name in ("recall", "precision") and key.sub_key is not None
+                and key.sub_key.class_id == class_id}
+
+    def expected(recall_value, precision_value) -> dict:
+        return {(model, name): value for model in (CANDIDATE, BASELINE)
+                for name, value in (("recall", recall_value), ("precision", precision_value))}
+
+    def same(found: dict, wanted: dict) -> bool:
+        return set(found) == set(wanted) and all(
+            math.isnan(found[key]) if wanted[key] is None else found[key] == pytest.approx(wanted[key])
+            for key in wanted)
+
+    batched = of_the_class(metrics(batched_metrics.batched_config(config),
+                                   [[batch(labels, predictions, PROBABILITIES, True)]]))
+    assert same(batched, expected(recall, precision)), batched
+    per_example = of_the_class(metrics(config, [list(examples_one_by_one(labels, predictions, PROBABILITIES, True))]))
+    assert same(per_example, expected(tfma_recall, tfma_precision)), per_example

@@ -309,11 +309,11 @@ def test_batched_and_per_example_tfma_write_the_same_evaluation(every_slice, eve
 
 
 def test_per_class_precision_and_recall_in_every_slice_follow_the_top_prediction(every_slice, reference):
-    # Also where a slice's examples of a class are never predicted as it: recall 0, where TFMA 0.52's
-    # own per-example path reads its sparse top-k histogram by position and says 1.0.
+    # Also where a class is never predicted in a slice: recall 0 and no precision, where TFMA 0.52's
+    # own per-example path reads its sparse top-k histogram by position and says 1.0 and a share.
     metrics = read(every_slice[0], evaluate.METRICS)
-    vocabulary = list(metrics["overall"]["candidate"]["recall"])
-    checked = 0
+    vocabulary = metrics["label_vocabulary"]
+    assert {"island", "sex", "year"} == set(metrics["slices"]) and all(metrics["slices"].values())
     for column, by_value in metrics["slices"].items():
         for value, by_role in by_value.items():
             rows = reference.in_slice(column, value)
@@ -325,13 +325,13 @@ def test_per_class_precision_and_recall_in_every_slice_follow_the_top_prediction
                     if (labels == index).any():
                         assert by_role[role]["recall"][class_name] == pytest.approx(
                             np.mean(predicted[labels == index] == index), abs=1e-6), where
-                        checked += 1
+                    else:
+                        assert by_role[role]["recall"][class_name] is None, where  # no example: undefined
                     if (predicted == index).any():
                         assert by_role[role]["precision"][class_name] == pytest.approx(
                             np.mean(labels[predicted == index] == index), abs=1e-6), where
                     else:
                         assert by_role[role]["precision"][class_name] is None, where
-    assert checked
 
 
 def test_progress_counts_rows_as_tfma_takes_them_and_ends_at_the_rows_evaluated(every_slice):
