@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -83,14 +84,36 @@ def read_manifest(root: str | os.PathLike[str], kind: str) -> dict[str, Any]:
     return manifest
 
 
+# What a filesystem that does not sync directories (some FUSE and network ones) answers: there a
+# rename is as durable as the filesystem makes it.
+_CANNOT_SYNC_A_DIRECTORY = {errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}
+
+
+def sync_directory(directory: str | os.PathLike[str]) -> None:
+    """Put `directory`'s entries (a file renamed into it) on the disk, as `os.fsync` does a file's data."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        if error.errno not in _CANNOT_SYNC_A_DIRECTORY:
+            raise
+    finally:
+        os.close(descriptor)
+
+
 def write_text_whole(path: str | os.PathLike[str], text: str) -> None:
     """Write `path` so that it holds either what it held or all of `text`, never a part (a full disk,
-    a kill mid-write): written beside it, then renamed over it. An OSError names `path`."""
+    a kill mid-write, a power loss): written beside it and synced to the disk, then renamed over it,
+    and its directory synced. An OSError names `path`."""
     path = Path(path)
     aside = path.with_name(f".{path.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
-        aside.write_text(text)
+        with open(aside, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # a full disk that write() did not report (NFS, some FUSE) is raised here
         os.replace(aside, path)
+        sync_directory(path.parent)
     except BaseException as error:
         aside.unlink(missing_ok=True)
         if isinstance(error, OSError):

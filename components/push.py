@@ -75,11 +75,14 @@ def _copy_saved_model(model: Path, target: Path, digest: str) -> None:
         elif source.is_file():
             shutil.copy2(source, target / name)
     (target / _DIGEST_FILE).write_text(digest + "\n")
-    # The copy must be on disk before the rename makes it visible.
+    # The copy, its files and directories, must be on disk before the rename makes it visible.
     for path in target.rglob("*"):
         if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+        elif path.is_dir():
+            artifacts.sync_directory(path)
+    artifacts.sync_directory(target)
 
 
 def served_digest(version_dir: str | os.PathLike[str]) -> str | None:
@@ -120,12 +123,13 @@ def run(model: str | os.PathLike[str], blessing: dict[str, Any], serving_dir: st
         forced = force and not blessed
         reason = "forced by --force-push although not blessed" if forced else "blessed"
         result = PushResult(True, reason, version, str(final), forced, digest=manifest["digest"])
-        if register is not None:
-            try:
+        try:
+            artifacts.sync_directory(root)  # the rename on the disk too, before the registry hears of it
+            if register is not None:
                 result = replace(result, registry_version=register(result))
-            except BaseException:
-                _withdraw(final, root, version)
-                raise
+        except BaseException:
+            _withdraw(final, root, version)
+            raise
     log.info("push: %s version %d to %s (%s)", model_name, version, final, reason)
     return result
 

@@ -111,3 +111,33 @@ def test_a_push_the_registry_could_not_be_told_of_is_taken_back_out(tmp_path):
     assert [entry.name for entry in (serving / "penguins").iterdir() if entry.is_dir()] == ["1"]
     assert push.run(model_artifact(tmp_path / "m2", b"two"), BLESSED, serving, "penguins",
                     register=lambda pushed: "2").registry_version == "2"
+
+
+def test_a_version_is_on_the_disk_before_its_rename_and_the_rename_before_the_registry_hears_of_it(tmp_path,
+                                                                                                  monkeypatch):
+    # So that a power loss leaves no version TF Serving would load half, nor one the registry names
+    # and the disk lost.
+    serving = tmp_path / "serving"
+    push.run(model_artifact(tmp_path / "m1", b"one"), BLESSED, serving, "penguins")
+    model = model_artifact(tmp_path / "m2", b"two")
+    events: list[tuple[str, int]] = []
+    fsync, rename = os.fsync, os.rename
+
+    def recorded_fsync(descriptor):
+        events.append(("fsync", os.fstat(descriptor).st_ino))
+        fsync(descriptor)
+
+    def recorded_rename(source, target, *args, **kwargs):
+        events.append(("rename", os.stat(source).st_ino))
+        rename(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "rename", recorded_rename)
+    pushed = push.run(model, BLESSED, serving, "penguins",
+                      register=lambda result: events.append(("registered", 0)) or "2")
+    monkeypatch.undo()
+    version = Path(pushed.path)
+    copied = {path.stat().st_ino for path in [version, *version.rglob("*")]}
+    renamed = events.index(("rename", version.stat().st_ino))
+    assert copied == {inode for kind, inode in events[:renamed] if kind == "fsync"}
+    assert events[renamed + 1:] == [("fsync", (serving / "penguins").stat().st_ino), ("registered", 0)]

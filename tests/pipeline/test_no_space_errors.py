@@ -160,20 +160,27 @@ def test_the_run_names_the_first_step_that_failed_as_its_output_showed_it(tmp_pa
     assert str(local_run._error_from_steps(errors, log_file)).startswith("the pipeline failed")
 
 
-def test_a_file_written_whole_keeps_what_it_held_when_the_disk_is_full(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["write", "fsync"])  # fsync: where NFS and some FUSE filesystems report it
+def test_a_file_written_whole_keeps_what_it_held_when_the_disk_is_full(tmp_path, monkeypatch, where):
     path = tmp_path / "trial.json"
     artifacts.write_text_whole(path, '{"status": "RUNNING"}')
     assert path.read_text() == '{"status": "RUNNING"}'
 
-    def full(self, text):
-        with open(self, "w") as handle:
-            handle.write(text[:3])
+    def no_space(*_):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", full)
+    def cut_short(name, mode):
+        handle = open(name, mode)
+        handle.write = lambda text: (handle.buffer.write(text[:3].encode()), no_space())
+        return handle
+
+    if where == "write":
+        monkeypatch.setattr(artifacts, "open", cut_short, raising=False)
+    else:
+        monkeypatch.setattr(os, "fsync", no_space)
     with pytest.raises(OSError) as raised:
         artifacts.write_text_whole(path, '{"status": "COMPLETED"}')
-    assert raised.value.filename == str(path)
+    assert (raised.value.errno, raised.value.filename) == (errno.ENOSPC, str(path))
     monkeypatch.undo()
     assert path.read_text() == '{"status": "RUNNING"}' and os.listdir(tmp_path) == ["trial.json"]
 
