@@ -101,3 +101,20 @@ def test_rows_of_a_class_the_train_split_never_had_are_left_out_and_said_once(pe
     unknown = len(table) - expected
     assert [record.getMessage() for record in caplog.records] == [
         f"eval split: {unknown} row(s) have a label the train split does not have; they are left out"]
+
+
+def test_a_regression_label_is_its_value_and_a_binary_one_is_whether_it_is_the_positive_class(
+        penguin_inputs, diabetes_inputs, transform, way):
+    regression = Transform.read(diabetes_inputs.transform)
+    table = pq.read_table(split_files(diabetes_inputs.examples, "eval")).to_pylist()
+    got = rows(data.dataset(diabetes_inputs.examples, "eval", regression, 16))
+    assert regression.kind == "regression" and len(got) == len(table) > 0
+    assert [row[-1] for row in got] == [[pytest.approx(original["target"])] for original in table]
+
+    positive = transform.label_vocabulary[0]
+    binary = dataclasses.replace(transform, label_vocabulary=transform.label_vocabulary[:2], positive_class=positive)
+    table = pq.read_table(split_files(penguin_inputs.examples, "eval")).to_pylist()
+    got = rows(data.dataset(penguin_inputs.examples, "eval", binary, 16))
+    kept = [original for original in table if original[transform.label] in binary.label_vocabulary]
+    assert binary.kind == "binary" and len(got) == len(kept) < len(table)
+    assert [row[-1] for row in got] == [[float(original[transform.label] == positive)] for original in kept]
