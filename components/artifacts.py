@@ -116,8 +116,10 @@ def write_text_whole(path: str | os.PathLike[str], text: str) -> None:
         sync_directory(path.parent)
     except BaseException as error:
         aside.unlink(missing_ok=True)
-        if isinstance(error, OSError):
-            error.filename = str(path)  # the file meant, not the one beside it
+        if isinstance(error, OSError) and error.filename in (None, str(aside)):
+            error.filename = str(path)  # the file meant, not the one beside it (a directory's error keeps its name)
+            if error.filename2 == str(path):
+                error.filename2 = None
         raise
 
 

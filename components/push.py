@@ -50,7 +50,9 @@ def locked(serving_dir: str | os.PathLike[str], model_name: str) -> Iterator[Non
     """One push at a time per model, so two pushes cannot take the same version number, and the
     registry is told of a version before anyone else looks at the two together."""
     root = Path(serving_dir, model_name)
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        artifacts.sync_directory(root.parent)  # the model's directory on the disk, as its versions will be
     with open(root / ".push.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -95,8 +97,9 @@ def run(model: str | os.PathLike[str], blessing: dict[str, Any], serving_dir: st
     """Push `model` to `<serving_dir>/<model_name>/<next version>/` if `blessing` says so (or `force`).
 
     `register` tells the model registry of the new version (its return value: the registry's
-    version number), still holding the lock; if it fails, the version is taken back out of the
-    serving directory, so that nothing is served that the registry does not know."""
+    version number), still holding the lock, once the version's copy and rename are synced to the
+    disk; if either fails, the version is taken back out of the serving directory, so that nothing
+    is served that the registry does not know."""
     model = Path(model)
     manifest = artifacts.read_manifest(model, artifacts.MODEL)
     if not (model / SAVED_MODEL).is_file():
@@ -123,24 +126,29 @@ def run(model: str | os.PathLike[str], blessing: dict[str, Any], serving_dir: st
         forced = force and not blessed
         reason = "forced by --force-push although not blessed" if forced else "blessed"
         result = PushResult(True, reason, version, str(final), forced, digest=manifest["digest"])
+        synced = False
         try:
             artifacts.sync_directory(root)  # the rename on the disk too, before the registry hears of it
+            synced = True
             if register is not None:
                 result = replace(result, registry_version=register(result))
         except BaseException:
-            _withdraw(final, root, version)
+            _withdraw(final, root, version, "the registry could not be told of it" if synced
+                      else "its rename could not be synced to the disk")
             raise
     log.info("push: %s version %d to %s (%s)", model_name, version, final, reason)
     return result
 
 
-def _withdraw(final: Path, root: Path, version: int) -> None:
+def _withdraw(final: Path, root: Path, version: int, why: str) -> None:
     """Take a version back out of serving: renamed away first (TF Serving stops seeing it at once),
     then removed."""
     hidden = root / f".{version}.partial-{uuid.uuid4().hex[:8]}"
     os.rename(final, hidden)
+    with contextlib.suppress(OSError):  # best effort: the disk may be what failed
+        artifacts.sync_directory(root)
     shutil.rmtree(hidden, ignore_errors=True)
-    log.warning("push: version %d taken back out of %s: the registry was not told of it", version, root)
+    log.warning("push: version %d taken back out of %s: %s", version, root, why)
 
 
 def write_result(result: PushResult, path: str | os.PathLike[str]) -> None:

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 import pytest
 
 from components import artifacts
 
 
-def recording_syncs(monkeypatch) -> list[tuple[str, int]]:
-    """Every fsync (by the inode synced) and every rename (by the inode renamed), in order."""
-    events: list[tuple[str, int]] = []
+def is_directory(descriptor: int) -> bool:
+    return stat.S_ISDIR(os.fstat(descriptor).st_mode)
+
+
+def test_a_file_written_whole_is_on_the_disk_before_it_replaces_the_old_and_the_rename_after(tmp_path, monkeypatch):
+    path = tmp_path / "oracle.json"
+    path.write_text('{"trials": 1}')
+    events: list[tuple] = []
     fsync, replace = os.fsync, os.replace
 
     def recorded_fsync(descriptor):
-        events.append(("fsync", os.fstat(descriptor).st_ino))
+        found = os.fstat(descriptor)  # the size: what was written reached the file, not a buffer
+        events.append(("fsync", found.st_ino, None if is_directory(descriptor) else found.st_size))
         fsync(descriptor)
 
     def recorded_replace(source, target, *args, **kwargs):
@@ -25,25 +32,18 @@ def recording_syncs(monkeypatch) -> list[tuple[str, int]]:
 
     monkeypatch.setattr(os, "fsync", recorded_fsync)
     monkeypatch.setattr(os, "replace", recorded_replace)
-    return events
-
-
-def test_a_file_written_whole_is_on_the_disk_before_it_replaces_the_old_and_the_rename_after(tmp_path, monkeypatch):
-    path = tmp_path / "oracle.json"
-    path.write_text('{"trials": 1}')
-    events = recording_syncs(monkeypatch)
-    artifacts.write_text_whole(path, '{"trials": 2}')
-    assert path.read_text() == '{"trials": 2}' and os.listdir(tmp_path) == ["oracle.json"]
+    artifacts.write_text_whole(path, '{"trials": 22}')
+    assert path.read_text() == '{"trials": 22}' and os.listdir(tmp_path) == ["oracle.json"]
     written, directory = path.stat().st_ino, tmp_path.stat().st_ino
-    assert events == [("fsync", written), ("rename", written), ("fsync", directory)]
+    assert events == [("fsync", written, len('{"trials": 22}')), ("rename", written), ("fsync", directory, None)]
 
 
-@pytest.mark.parametrize("code", [errno.EINVAL, errno.EOPNOTSUPP])
+@pytest.mark.parametrize("code", sorted({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}))
 def test_a_filesystem_that_cannot_sync_a_directory_still_gets_the_file(tmp_path, monkeypatch, code):
     fsync = os.fsync
 
     def no_directories(descriptor):
-        if os.path.isdir(f"/proc/self/fd/{descriptor}"):
+        if is_directory(descriptor):
             raise OSError(code, os.strerror(code))
         fsync(descriptor)
 
@@ -56,7 +56,7 @@ def test_a_directory_that_fails_to_sync_is_an_error_naming_the_file(tmp_path, mo
     fsync = os.fsync
 
     def failing(descriptor):
-        if os.path.isdir(f"/proc/self/fd/{descriptor}"):
+        if is_directory(descriptor):
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         fsync(descriptor)
 
@@ -64,3 +64,5 @@ def test_a_directory_that_fails_to_sync_is_an_error_naming_the_file(tmp_path, mo
     with pytest.raises(OSError) as raised:
         artifacts.write_text_whole(tmp_path / "trial.json", "{}")
     assert (raised.value.errno, raised.value.filename) == (errno.EIO, str(tmp_path / "trial.json"))
+    # Renamed already: the new text, whole, and nothing beside it.
+    assert (tmp_path / "trial.json").read_text() == "{}" and os.listdir(tmp_path) == ["trial.json"]

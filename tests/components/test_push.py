@@ -1,6 +1,7 @@
 """Pushing to the TF Serving layout: increasing versions, atomically, never twice the same model."""
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -141,3 +142,35 @@ def test_a_version_is_on_the_disk_before_its_rename_and_the_rename_before_the_re
     renamed = events.index(("rename", version.stat().st_ino))
     assert copied == {inode for kind, inode in events[:renamed] if kind == "fsync"}
     assert events[renamed + 1:] == [("fsync", (serving / "penguins").stat().st_ino), ("registered", 0)]
+
+
+def test_a_version_whose_rename_cannot_be_synced_is_taken_back_out_and_never_registered(tmp_path, monkeypatch,
+                                                                                       caplog):
+    serving = tmp_path / "serving"
+    push.run(model_artifact(tmp_path / "m1", b"one"), BLESSED, serving, "penguins")
+    sync = artifacts.sync_directory
+
+    def failing(directory):
+        if Path(directory) == serving / "penguins":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        sync(directory)
+
+    monkeypatch.setattr(artifacts, "sync_directory", failing)
+    told = []
+    with pytest.raises(OSError, match="Input/output error"):
+        push.run(model_artifact(tmp_path / "m2", b"two"), BLESSED, serving, "penguins", register=told.append)
+    assert told == [] and resolve_baseline.serving_versions(serving, "penguins") == [1]
+    assert [entry.name for entry in (serving / "penguins").iterdir() if entry.is_dir()] == ["1"]
+    assert "version 2 taken back out" in caplog.text and "could not be synced" in caplog.text
+
+
+def test_the_first_push_syncs_the_model_directory_it_made_into_the_serving_directory(tmp_path, monkeypatch):
+    serving, synced = tmp_path / "serving", []
+    sync = artifacts.sync_directory
+    monkeypatch.setattr(artifacts, "sync_directory",
+                        lambda directory: synced.append(Path(directory)) or sync(directory))
+    push.run(model_artifact(tmp_path / "m1", b"one"), BLESSED, serving, "penguins")
+    assert synced[0] == serving and synced[-1] == serving / "penguins"
+    synced.clear()
+    push.run(model_artifact(tmp_path / "m2", b"two"), BLESSED, serving, "penguins")
+    assert serving not in synced and synced[-1] == serving / "penguins"

@@ -169,8 +169,8 @@ def test_a_file_written_whole_keeps_what_it_held_when_the_disk_is_full(tmp_path,
     def no_space(*_):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    def cut_short(name, mode):
-        handle = open(name, mode)
+    def cut_short(name, mode, *args, **kwargs):
+        handle = open(name, mode, *args, **kwargs)
         handle.write = lambda text: (handle.buffer.write(text[:3].encode()), no_space())
         return handle
 

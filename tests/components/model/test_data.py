@@ -105,16 +105,23 @@ def test_rows_of_a_class_the_train_split_never_had_are_left_out_and_said_once(pe
 
 def test_a_regression_label_is_its_value_and_a_binary_one_is_whether_it_is_the_positive_class(
         penguin_inputs, diabetes_inputs, transform, way):
+    def read(inputs, problem: Transform) -> list[tuple]:
+        dataset = data.dataset(inputs.examples, "eval", problem, 16)
+        assert (dataset.cardinality().numpy() >= 0) == (way == "in memory")  # held: a known length
+        return rows(dataset)
+
     regression = Transform.read(diabetes_inputs.transform)
     table = pq.read_table(split_files(diabetes_inputs.examples, "eval")).to_pylist()
-    got = rows(data.dataset(diabetes_inputs.examples, "eval", regression, 16))
+    got = read(diabetes_inputs, regression)
     assert regression.kind == "regression" and len(got) == len(table) > 0
-    assert [row[-1] for row in got] == [[pytest.approx(original["target"])] for original in table]
+    assert [row[-1] for row in got] == [[pytest.approx(original[regression.label])] for original in table]
 
+    # Positive the first class: not the default (the second) a forgotten `positive_class` would give.
     positive = transform.label_vocabulary[0]
     binary = dataclasses.replace(transform, label_vocabulary=transform.label_vocabulary[:2], positive_class=positive)
     table = pq.read_table(split_files(penguin_inputs.examples, "eval")).to_pylist()
-    got = rows(data.dataset(penguin_inputs.examples, "eval", binary, 16))
-    kept = [original for original in table if original[transform.label] in binary.label_vocabulary]
-    assert binary.kind == "binary" and len(got) == len(kept) < len(table)
-    assert [row[-1] for row in got] == [[float(original[transform.label] == positive)] for original in kept]
+    got = read(penguin_inputs, binary)
+    expected = [[float(original[transform.label] == positive)] for original in table
+                if original[transform.label] in binary.label_vocabulary]
+    assert binary.kind == "binary" and len(got) == len(expected) < len(table)
+    assert [row[-1] for row in got] == expected and {value for [value] in expected} == {0.0, 1.0}
