@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +76,26 @@ def diabetes_inputs(tmp_path_factory) -> ModelInputs:
     ingest.run(pipeline.data, BeamConfig(), root / "examples")
     preprocess.run(root / "examples", root / "transform", pipeline.preprocess, BeamConfig())
     return ModelInputs(root / "examples", root / "transform", pipeline)
+
+
+def record_syncs(monkeypatch, rename: str) -> list[tuple]:
+    """Every `os.fsync` as ("fsync", inode, size; None for a directory) and every `os.<rename>` as
+    ("rename", inode renamed), in the order they happen: the order that makes a write durable."""
+    events: list[tuple] = []
+    fsync, renaming = os.fsync, getattr(os, rename)
+
+    def recorded_fsync(descriptor):
+        found = os.fstat(descriptor)
+        events.append(("fsync", found.st_ino, None if stat.S_ISDIR(found.st_mode) else found.st_size))
+        fsync(descriptor)
+
+    def recorded_rename(source, target, *args, **kwargs):
+        events.append(("rename", os.stat(source).st_ino))
+        renaming(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, rename, recorded_rename)
+    return events
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import stat
 import pytest
 
 from components import artifacts
+from tests.conftest import record_syncs
 
 
 def is_directory(descriptor: int) -> bool:
@@ -18,20 +19,7 @@ def is_directory(descriptor: int) -> bool:
 def test_a_file_written_whole_is_on_the_disk_before_it_replaces_the_old_and_the_rename_after(tmp_path, monkeypatch):
     path = tmp_path / "oracle.json"
     path.write_text('{"trials": 1}')
-    events: list[tuple] = []
-    fsync, replace = os.fsync, os.replace
-
-    def recorded_fsync(descriptor):
-        found = os.fstat(descriptor)  # the size: what was written reached the file, not a buffer
-        events.append(("fsync", found.st_ino, None if is_directory(descriptor) else found.st_size))
-        fsync(descriptor)
-
-    def recorded_replace(source, target, *args, **kwargs):
-        events.append(("rename", os.stat(source).st_ino))
-        replace(source, target, *args, **kwargs)
-
-    monkeypatch.setattr(os, "fsync", recorded_fsync)
-    monkeypatch.setattr(os, "replace", recorded_replace)
+    events = record_syncs(monkeypatch, "replace")
     artifacts.write_text_whole(path, '{"trials": 22}')
     assert path.read_text() == '{"trials": 22}' and os.listdir(tmp_path) == ["oracle.json"]
     written, directory = path.stat().st_ino, tmp_path.stat().st_ino

@@ -12,6 +12,7 @@ import pytest
 
 from components import artifacts, push, resolve_baseline
 from components.errors import DataError
+from tests.conftest import record_syncs
 
 BLESSED = {"blessed": True, "failures": []}
 NOT_BLESSED = {"blessed": False, "failures": [{"metric": "accuracy", "threshold": ">= 0.9", "slice": "overall",
@@ -121,27 +122,15 @@ def test_a_version_is_on_the_disk_before_its_rename_and_the_rename_before_the_re
     serving = tmp_path / "serving"
     push.run(model_artifact(tmp_path / "m1", b"one"), BLESSED, serving, "penguins")
     model = model_artifact(tmp_path / "m2", b"two")
-    events: list[tuple[str, int]] = []
-    fsync, rename = os.fsync, os.rename
-
-    def recorded_fsync(descriptor):
-        events.append(("fsync", os.fstat(descriptor).st_ino))
-        fsync(descriptor)
-
-    def recorded_rename(source, target, *args, **kwargs):
-        events.append(("rename", os.stat(source).st_ino))
-        rename(source, target, *args, **kwargs)
-
-    monkeypatch.setattr(os, "fsync", recorded_fsync)
-    monkeypatch.setattr(os, "rename", recorded_rename)
+    events = record_syncs(monkeypatch, "rename")
     pushed = push.run(model, BLESSED, serving, "penguins",
                       register=lambda result: events.append(("registered", 0)) or "2")
     monkeypatch.undo()
     version = Path(pushed.path)
     copied = {path.stat().st_ino for path in [version, *version.rglob("*")]}
     renamed = events.index(("rename", version.stat().st_ino))
-    assert copied == {inode for kind, inode in events[:renamed] if kind == "fsync"}
-    assert events[renamed + 1:] == [("fsync", (serving / "penguins").stat().st_ino), ("registered", 0)]
+    assert copied == {event[1] for event in events[:renamed] if event[0] == "fsync"}
+    assert events[renamed + 1:] == [("fsync", (serving / "penguins").stat().st_ino, None), ("registered", 0)]
 
 
 def test_a_version_whose_rename_cannot_be_synced_is_taken_back_out_and_never_registered(tmp_path, monkeypatch,
