@@ -31,14 +31,14 @@ deliberate, both where TFMA 0.52 is wrong:
   where the class is never predicted ([0]) gets recall 1.0 instead of 0 and a precision (the class's
   share of the slice) where none is defined; one where every example is predicted as the class, some
   at exactly 1.0 ([1, 2]), counts only those as predicted (the others as false negatives or true
-  negatives). The batched histogram of one bucket lists all three buckets, empty ones too, which TFMA
-  reads right.
-  Which rows come out at exactly 1.0 in float32 depends on the CPU and the batching. (TFMA's own
-  per-example path, which `tfma_runner` falls back to for settings not batched, keeps the bug.)
-Only the settings an evaluation here
-produces are vectorized (no example weights, no micro averaging, class_id and top_k sub keys); any
-other combiner or setting raises when the metrics are built, rather than being computed in a way
-TFMA would not.
+  negatives). The batched histogram of one bucket lists all three buckets, empty ones too, which
+  TFMA reads right. Which rows come out at exactly 1.0 in float32 depends on the CPU and the
+  batching. (TFMA's own per-example path, which `tfma_runner` falls back to for settings not
+  batched, keeps the bug.)
+
+Only the settings an evaluation here produces are vectorized (no example weights, no micro
+averaging, class_id and top_k sub keys); any other combiner or setting raises when the metrics are
+built, rather than being computed in a way TFMA would not.
 """
 from __future__ import annotations
 
