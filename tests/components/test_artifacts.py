@@ -12,10 +12,6 @@ from components import artifacts
 from tests.conftest import record_syncs
 
 
-def is_directory(descriptor: int) -> bool:
-    return stat.S_ISDIR(os.fstat(descriptor).st_mode)
-
-
 def test_a_file_written_whole_is_on_the_disk_before_it_replaces_the_old_and_the_rename_after(tmp_path, monkeypatch):
     path = tmp_path / "oracle.json"
     path.write_text('{"trials": 1}')
@@ -26,29 +22,27 @@ def test_a_file_written_whole_is_on_the_disk_before_it_replaces_the_old_and_the_
     assert events == [("fsync", written, len('{"trials": 22}')), ("rename", written), ("fsync", directory, None)]
 
 
-@pytest.mark.parametrize("code", sorted({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}))
-def test_a_filesystem_that_cannot_sync_a_directory_still_gets_the_file(tmp_path, monkeypatch, code):
+def directories_fail_to_sync(monkeypatch, code: int) -> None:
+    """`os.fsync` of a directory raises `code`; files sync as ever."""
     fsync = os.fsync
 
-    def no_directories(descriptor):
-        if is_directory(descriptor):
+    def syncing(descriptor):
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
             raise OSError(code, os.strerror(code))
         fsync(descriptor)
 
-    monkeypatch.setattr(os, "fsync", no_directories)
+    monkeypatch.setattr(os, "fsync", syncing)
+
+
+@pytest.mark.parametrize("code", sorted({errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP}))
+def test_a_filesystem_that_cannot_sync_a_directory_still_gets_the_file(tmp_path, monkeypatch, code):
+    directories_fail_to_sync(monkeypatch, code)
     artifacts.write_text_whole(tmp_path / "trial.json", "{}")
     assert (tmp_path / "trial.json").read_text() == "{}"
 
 
 def test_a_directory_that_fails_to_sync_is_an_error_naming_the_file(tmp_path, monkeypatch):
-    fsync = os.fsync
-
-    def failing(descriptor):
-        if is_directory(descriptor):
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        fsync(descriptor)
-
-    monkeypatch.setattr(os, "fsync", failing)
+    directories_fail_to_sync(monkeypatch, errno.EIO)
     with pytest.raises(OSError) as raised:
         artifacts.write_text_whole(tmp_path / "trial.json", "{}")
     assert (raised.value.errno, raised.value.filename) == (errno.EIO, str(tmp_path / "trial.json"))
