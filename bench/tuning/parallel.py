@@ -13,7 +13,16 @@ pays them. The budgets:
 Each is run with several seeds, so the N=1 scores show the run-to-run spread the N=2 scores are
 compared with.
 
-    uv run python bench/tuning/run.py --parallel [--seeds 3] [--workers 2]
+With `--through-run`, each search is instead a whole `tunepipe run` of the generated table with that
+tuner section, as a user runs it on this machine: kfp.local runs the ParallelFor's workers at once and
+every step runs in a fork of the run's warm step server (pipeline/step_server.py), so a worker
+finds the libraries imported that an earlier step of the run needed and ends without Python's
+shutdown. The tune phase is read from kfp.local's own lines in the run's log: from the first tune
+task's start (`tune`, or the first `tune-worker`) to the end of the last (`tune`, `tune-merge`), less
+any other task kfp.local ran in between (it runs `resolve-baseline` between the workers and the
+merge). The whole run's wall time is reported beside it.
+
+    uv run python bench/tuning/run.py --parallel [--seeds 3] [--workers 2] [--through-run] [--algorithms random]
 
 Prints Markdown (the parallel section of RESULTS.md).
 """
@@ -40,6 +49,8 @@ BUDGETS = {"hyperband": {"algorithm": "hyperband", "hyperband_iterations": 2},
 CLUSTER_TRIALS = 200
 POD_STARTUPS_S = (10, 60)
 CLUSTER_WORKERS = (1, 2, 4, 8, 16, 32, 64)
+# The tasks of the tune phase of a compiled pipeline: one `tune`, or N `tune-worker` and a `tune-merge`.
+TUNE_TASKS = ("tune", "tune-worker", "tune-merge")
 
 
 def worker_main(argv: list[str]) -> None:
@@ -140,25 +151,92 @@ def cluster_model(per_trial_s: float, overhead_s: float, merge_s: float) -> list
     return lines
 
 
-def main(out: Path, seeds: int, workers: int, rows: int) -> None:
+def through_run(table: Path, root: Path, algorithm: str, workers: int, seed: int) -> dict:
+    """The budget of `algorithm` over `workers` as a whole `tunepipe run` of `table` runs it; the tune
+    phase's wall time (module docstring), the whole run's, and the search's result."""
+    from bench.whole_run import parse
+    from bench.whole_run.run import run_tunepipe
+    from components import artifacts
+
+    tuner = {**BASE, **BUDGETS[algorithm], "seed": seed, "parallel_trials": workers}
+    folder = root / f"{algorithm}-n{workers}-seed{seed}"
+    folder.mkdir(parents=True)
+    config_file = folder / "pipeline.yaml"  # JSON is YAML
+    config_file.write_text(json.dumps({"name": "generated", "model_name": "generated",
+                                       "data": {"source": str(table), "label": "label"}, "tuner": tuner}))
+    run = run_tunepipe(config_file, folder / "out", f"{folder.name}: tunepipe run")
+    times = parse.task_times(run["log_file"])
+    tune = [times[name] for name in TUNE_TASKS if name in times]
+    if not tune:
+        raise SystemExit(f"{run['log_file']}: kfp.local ran no tune task")
+    began, ended = min(min(starts) for starts, _ in tune), max(max(ends) for _, ends in tune)
+    others = sum(end - start for name, (starts, ends) in times.items() if name not in TUNE_TASKS
+                 for start, end in zip(starts, ends) if began <= start and end <= ended)
+    manifest = artifacts.read_manifest(run["report"].outputs["tuning"], artifacts.TUNING)
+    return {"algorithm": algorithm, "workers": workers, "seed": seed, "tune_s": ended - began - others,
+            "others_s": others, "run_s": run["seconds"], "best_score": manifest["best_score"],
+            "trials": sum(manifest["trials"].values())}
+
+
+def _generated_table(out: Path, rows: int) -> Path:
+    """`out` emptied, with the generated table written in it."""
     sys.path[:0] = [str(Path(__file__).resolve().parent), str(ROOT)]
     import generate
-    from run import prepare
 
-    from bench.whole_run.report import machine
-
-    bench_started, load_before = time.perf_counter(), os.getloadavg()[0]
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    table = generate.write(out / "generated.csv", rows=rows)
+    return generate.write(out / "generated.csv", rows=rows)
+
+
+def _measured_on(load_before: float, seeds: int, bench_started: float) -> str:
+    from bench.whole_run.report import machine
+
+    return (f"Measured on {machine()}, shared with other work (1-minute load average {load_before:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end), {seeds} seeds; the whole benchmark took "
+            f"{(time.perf_counter() - bench_started) / 60:.1f} min.")
+
+
+def main_through_run(out: Path, seeds: int, workers: int, rows: int, algorithms: list[str]) -> None:
+    bench_started, load_before = time.perf_counter(), os.getloadavg()[0]
+    table = _generated_table(out, rows)
+    runs = [through_run(table, out / "runs", algorithm, count, seed)
+            for algorithm in algorithms for seed in range(seeds) for count in (1, workers)]
+    lines = [f"{_measured_on(load_before, seeds, bench_started)} Each search a whole `tunepipe run`; tune phase: from "
+             f"the first tune task's start to the last one's end in kfp.local's log, less the other tasks it ran in "
+             f"between.", ""]
+    for algorithm in algorithms:
+        mine = [run for run in runs if run["algorithm"] == algorithm]
+        serial = [run for run in mine if run["workers"] == 1]
+        parallel = [run for run in mine if run["workers"] == workers]
+        lines += [f"#### {algorithm}: {json.dumps(BUDGETS[algorithm])} over 1 and {workers} workers, through "
+                  f"`tunepipe run`", "",
+                  "| seed | N | trials | tune phase (s) | of it, other tasks (s) | whole run (s) | best val_accuracy |",
+                  "|---:|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {run['seed']} | {run['workers']} | {run['trials']} | {run['tune_s']:.1f} | "
+                  f"{run['others_s']:.1f} | {run['run_s']:.0f} | {run['best_score']:.4f} |" for run in mine]
+        one, many = (statistics.median(run["tune_s"] for run in group) for group in (serial, parallel))
+        whole_one, whole_many = (statistics.median(run["run_s"] for run in group) for group in (serial, parallel))
+        per_seed = ", ".join(f"{a['tune_s'] / b['tune_s']:.2f}x" for a, b in zip(serial, parallel))
+        scores = [run["best_score"] for run in serial]
+        lines += ["", f"Median tune phase: N=1 {one:.1f} s, N={workers} {many:.1f} s: **{one / many:.2f}x** faster "
+                  f"(per seed {per_seed}); whole run {whole_one:.0f} s against {whole_many:.0f} s "
+                  f"({whole_one / whole_many:.2f}x). Best val_accuracy: N=1 {min(scores):.4f}-{max(scores):.4f} over "
+                  f"the seeds, N={workers} {min(run['best_score'] for run in parallel):.4f}-"
+                  f"{max(run['best_score'] for run in parallel):.4f}.", ""]
+    print("\n".join(lines))
+
+
+def main(out: Path, seeds: int, workers: int, rows: int) -> None:
+    bench_started, load_before = time.perf_counter(), os.getloadavg()[0]
+    table = _generated_table(out, rows)
+    from run import prepare  # the sibling script, importable once _generated_table set the path
+
     examples, transform = prepare("generated", {"source": str(table), "label": "label"}, out)
     runs = [search(examples, transform, out / "runs", algorithm, count, seed)
             for algorithm in BUDGETS for seed in range(seeds) for count in (1, workers)]
 
-    lines = [f"Measured on {machine()}, shared with other work (1-minute load average {load_before:.1f} at the "
-             f"start, {os.getloadavg()[0]:.1f} at the end), {seeds} seeds; the whole benchmark took "
-             f"{(time.perf_counter() - bench_started) / 60:.1f} min. Wall time: from starting the workers' processes "
-             f"to the end of the merge's, imports included.", ""]
+    lines = [f"{_measured_on(load_before, seeds, bench_started)} Wall time: from starting the workers' processes to "
+             f"the end of the merge's, imports included.", ""]
     for algorithm, budget in BUDGETS.items():
         mine = [run for run in runs if run["algorithm"] == algorithm]
         serial = [run for run in mine if run["workers"] == 1]

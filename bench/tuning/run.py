@@ -10,6 +10,7 @@ fit in Hyperband's planned epochs.
 
     uv run python bench/tuning/run.py [--out bench/out/tuning] [--rows 8000]
     uv run python bench/tuning/run.py --parallel [--seeds 3] [--workers 2]   # see parallel.py
+    uv run python bench/tuning/run.py --parallel --through-run                # each search a `tunepipe run`
 
 Prints Markdown tables (the content of RESULTS.md).
 """
@@ -111,12 +112,20 @@ def main() -> None:
                         help="instead: the same budget over 1 and --workers workers at once (parallel.py)")
     parser.add_argument("--workers", type=int, default=2, help="with --parallel: the workers of the parallel runs")
     parser.add_argument("--seeds", type=int, default=3, help="with --parallel: seeds of each search")
+    parser.add_argument("--through-run", action="store_true",
+                        help="with --parallel: each search a whole `tunepipe run`, as a user runs it here")
+    parser.add_argument("--algorithms", nargs="+", choices=("hyperband", "random"), default=["hyperband", "random"],
+                        help="with --parallel --through-run: the searches to run")
     args = parser.parse_args()
     if args.parallel:
         import parallel
 
-        out = Path(args.out) if args.out != parser.get_default("out") else ROOT / "bench" / "out" / "tuning-parallel"
-        parallel.main(out, args.seeds, args.workers, args.rows)
+        default_out = "tuning-parallel-run" if args.through_run else "tuning-parallel"
+        out = Path(args.out) if args.out != parser.get_default("out") else ROOT / "bench" / "out" / default_out
+        if args.through_run:
+            parallel.main_through_run(out, args.seeds, args.workers, args.rows, args.algorithms)
+        else:
+            parallel.main(out, args.seeds, args.workers, args.rows)
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     bench_started, load_before = time.perf_counter(), os.getloadavg()[0]

@@ -104,7 +104,7 @@ def _code_version() -> str:
     return version.code_version()
 
 
-def _run_tunepipe(config_file: Path, output_root: Path, what: str) -> dict:
+def run_tunepipe(config_file: Path, output_root: Path, what: str) -> dict:
     """One `tunepipe run` and what it printed, with each step's start-up/work from its log."""
     logs_before = set((output_root / "logs").glob("run-*.log"))
     seconds, completed = _spawn([*_tunepipe_command(), "run", "--config", str(config_file), "--output-root",
@@ -126,14 +126,14 @@ def measure_pair(pair: int, pairs: int, config_file: Path, work: Path) -> dict:
 
     print(f"{label}: tunepipe run …", flush=True)
     code_before = _code_version()
-    measured["tunepipe"] = _run_tunepipe(config_file, tunepipe_root, f"{label}: tunepipe run")
+    measured["tunepipe"] = run_tunepipe(config_file, tunepipe_root, f"{label}: tunepipe run")
     first = measured["tunepipe"]
     print(f"{label}: tunepipe {first['seconds']:.1f} s (it printed {first['report'].printed_seconds} s; "
           f"{first['timed_steps']} step timing lines in its log)", flush=True)
 
     print(f"{label}: tunepipe rerun, nothing changed …", flush=True)
     code_between = _code_version()
-    measured["rerun"] = _run_tunepipe(config_file, tunepipe_root, f"{label}: tunepipe rerun")
+    measured["rerun"] = run_tunepipe(config_file, tunepipe_root, f"{label}: tunepipe rerun")
     measured["rerun"]["code_changed"] = code_between != code_before
     states = ", ".join(f"{name} {step.state}" for name, step in measured["rerun"]["report"].steps.items())
     print(f"{label}: rerun {measured['rerun']['seconds']:.1f} s: {states}", flush=True)
