@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--through-run", action="store_true",
                         help="with --parallel: each search a whole `tunepipe run`, as a user runs it here")
     parser.add_argument("--algorithms", nargs="+", choices=("hyperband", "random"), default=["hyperband", "random"],
-                        help="with --parallel --through-run: the searches to run")
+                        help="with --parallel: the searches to run")
     args = parser.parse_args()
     if args.parallel:
         import parallel
@@ -125,7 +125,7 @@ def main() -> None:
         if args.through_run:
             parallel.main_through_run(out, args.seeds, args.workers, args.rows, args.algorithms)
         else:
-            parallel.main(out, args.seeds, args.workers, args.rows)
+            parallel.main(out, args.seeds, args.workers, args.rows, tuple(args.algorithms))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     bench_started, load_before = time.perf_counter(), os.getloadavg()[0]

@@ -1,7 +1,6 @@
 """Reading what a `tunepipe run` reported: its terminal output (each step's state and wall time as it
-printed them, the summary table, the artifact paths), the timing line each step writes to the
-run's log file (`pipeline.progress.timing`: the step's start-up and work), and when kfp.local
-started and finished each task (its own lines in the same log).
+printed them, the summary table, the artifact paths) and the timing line each step writes to the
+run's log file (`pipeline.progress.timing`: the step's start-up and work).
 
 A log without timing lines (a tree from before they were added) gives no start-up/work split; the
 report shows "-" for it.
@@ -19,8 +18,6 @@ _FINISHED = re.compile(r"^[✓✗] (?P<step>[\w-]+) (?P<state>ran|failed) in (?P
 _CACHED = re.compile(r"^↺ (?P<step>[\w-]+) reused from cache")
 _TOTAL = re.compile(r"tunepipe run: (?P<seconds>[\d.]+) s")
 _OUTPUT = re.compile(r"^\s*(?P<name>examples|transform|tuning|model|evaluation|log): (?P<path>\S.*)$")
-_TASK = re.compile(r"^(?P<clock>\d\d):(?P<minute>\d\d):(?P<second>\d\d\.\d+) - INFO - "
-                   r"(?:Executing task '(?P<started>[\w-]+)'|Task '(?P<ended>[\w-]+)' finished with status)")
 _TIMING = re.compile(re.escape(TIMING) + r"(?P<step>[\w-]+): start-up (?P<startup>[\d.]+) s, work (?P<work>[\d.]+) s")
 
 
@@ -82,20 +79,12 @@ def add_timings(report: RunReport, log_file: str | Path) -> int:
     return found
 
 
-def task_times(log_file: str | Path) -> dict[str, tuple[list[float], list[float]]]:
-    """When kfp.local started and finished each task of the run in `log_file`: task name -> (starts,
-    ends), in seconds on the run's clock (a ParallelFor's tasks share a name: one of each per task)."""
-    times: dict[str, tuple[list[float], list[float]]] = {}
-    last = days = 0.0
-    for raw in Path(log_file).read_text(errors="replace").splitlines():
-        match = _TASK.match(_ANSI.sub("", raw))
-        if not match:
-            continue
-        seconds = int(match["clock"]) * 3600 + int(match["minute"]) * 60 + float(match["second"]) + days
-        if seconds < last - 12 * 3600:  # the run went past midnight
-            days += 24 * 3600
-            seconds += 24 * 3600
-        last = seconds
-        starts, ends = times.setdefault(match["started"] or match["ended"], ([], []))
-        (starts if match["started"] else ends).append(seconds)
-    return times
+
+def step_seconds(log_file: str | Path) -> dict[str, list[float]]:
+    """Each step's start-up plus work from the run's log, one per task that ran it (the tasks of a
+    ParallelFor share a step name). Both are on clocks that a change of the wall clock leaves alone."""
+    seconds: dict[str, list[float]] = {}
+    for line in Path(log_file).read_text(errors="replace").splitlines():
+        if match := _TIMING.search(line):
+            seconds.setdefault(match["step"], []).append(float(match["startup"]) + float(match["work"]))
+    return seconds
