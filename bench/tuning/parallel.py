@@ -20,7 +20,7 @@ read from the timing line each step writes to the run's log (its process's start
 the `tune` step's, or the slowest `tune-worker`'s plus the `tune-merge`'s. These clocks do not jump
 when the wall clock is set (this machine's did, by 25 s during one run), which the times kfp.local
 logs do. What kfp.local spends starting a task's process and reading its outputs is left out, for
-one task more with N > 1 (about 0.1 s each here). The whole run's wall time is reported beside it.
+one task more with N > 1 (0.1-0.2 s a task here). The whole run's wall time is reported beside it.
 
     uv run python bench/tuning/run.py --parallel [--seeds 3] [--workers 2] [--through-run] [--algorithms random]
 
