@@ -163,7 +163,9 @@ def through_run(table: Path, root: Path, algorithm: str, workers: int, seed: int
     config_file.write_text(json.dumps({"name": "generated", "model_name": "generated",
                                        "data": {"source": str(table), "label": "label"}, "tuner": tuner}))
     run = run_tunepipe(config_file, folder / "out", f"{folder.name}: tunepipe run")
-    seconds = parse.step_seconds(run["log_file"]) if run["log_file"] else {}
+    seconds: dict[str, list[float]] = {}  # each tune step's start-up + work, one per task
+    for name, startup, work in parse.timings(run["log_file"]) if run["log_file"] else []:
+        seconds.setdefault(name, []).append(startup + work)
     stages = ["tune"] if workers == 1 else ["tune-worker", "tune-merge"]  # the tune phase's steps, in turn
     ran = all(run["report"].steps.get(name, parse.StepReport()).state == "ran" for name in stages)
     if not ran or [len(seconds.get(name, [])) for name in stages] != ([1] if workers == 1 else [workers, 1]):
@@ -208,7 +210,7 @@ def _compared(runs: list[dict], algorithm: str, workers: int, seconds: str) -> t
         f"{min(scores[1]):.4f}-{max(scores[1]):.4f}.")
 
 
-def main_through_run(out: Path, seeds: int, workers: int, rows: int, algorithms: list[str]) -> None:
+def main_through_run(out: Path, seeds: int, workers: int, rows: int, algorithms: tuple[str, ...]) -> None:
     bench_started, load_before = time.perf_counter(), os.getloadavg()[0]
     table = _generated_table(out, rows)
     runs = [through_run(table, out / "runs", algorithm, count, seed)

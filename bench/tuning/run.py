@@ -122,10 +122,8 @@ def main() -> None:
 
         default_out = "tuning-parallel-run" if args.through_run else "tuning-parallel"
         out = Path(args.out) if args.out != parser.get_default("out") else ROOT / "bench" / "out" / default_out
-        if args.through_run:
-            parallel.main_through_run(out, args.seeds, args.workers, args.rows, args.algorithms)
-        else:
-            parallel.main(out, args.seeds, args.workers, args.rows, tuple(args.algorithms))
+        measure = parallel.main_through_run if args.through_run else parallel.main
+        measure(out, args.seeds, args.workers, args.rows, tuple(args.algorithms))
         return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     bench_started, load_before = time.perf_counter(), os.getloadavg()[0]

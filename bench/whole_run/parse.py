@@ -68,23 +68,19 @@ def terminal(stderr: str) -> RunReport:
 def add_timings(report: RunReport, log_file: str | Path) -> int:
     """The start-up/work split of each step from the run's log; how many steps had a timing line."""
     found = 0
-    path = Path(log_file)
-    if not path.is_file():
-        return 0
-    for line in path.read_text(errors="replace").splitlines():
-        if match := _TIMING.search(line):
-            step = report.steps.setdefault(match["step"], StepReport())
-            step.startup, step.work = float(match["startup"]), float(match["work"])
-            found += 1
+    for name, startup, work in timings(log_file):
+        step = report.steps.setdefault(name, StepReport())
+        step.startup, step.work = startup, work
+        found += 1
     return found
 
 
-
-def step_seconds(log_file: str | Path) -> dict[str, list[float]]:
-    """Each step's start-up plus work from the run's log, one per task that ran it (the tasks of a
-    ParallelFor share a step name). Both are on clocks that a change of the wall clock leaves alone."""
-    seconds: dict[str, list[float]] = {}
-    for line in Path(log_file).read_text(errors="replace").splitlines():
-        if match := _TIMING.search(line):
-            seconds.setdefault(match["step"], []).append(float(match["startup"]) + float(match["work"]))
-    return seconds
+def timings(log_file: str | Path) -> list[tuple[str, float, float]]:
+    """(step, start-up, work) of every timing line in the run's log, in order: one per task that ran
+    a step (the tasks of a ParallelFor share a step name); none for a log that is not there. Both
+    times are on clocks that a change of the wall clock leaves alone."""
+    path = Path(log_file)
+    if not path.is_file():
+        return []
+    return [(match["step"], float(match["startup"]), float(match["work"]))
+            for line in path.read_text(errors="replace").splitlines() if (match := _TIMING.search(line))]
