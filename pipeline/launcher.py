@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from components import artifacts
 from components.errors import TunepipeError, disk_full
@@ -207,8 +207,7 @@ def run_step(name: str, **arguments: Any) -> Any:
     else here. Its last line on stdout says how long the task took to start and its work took."""
     startup, began = process_age(), time.monotonic()
     if os.environ.get(INTERRUPTED_ENV):
-        print(f"tunepipe: {name}: not started: the run was interrupted", file=sys.stderr, flush=True)
-        raise SystemExit(INTERRUPTED)
+        _not_started(name)
     try:
         server = os.environ.get(step_server.ENV)
         if server:
@@ -216,9 +215,16 @@ def run_step(name: str, **arguments: Any) -> Any:
                 return step_server.submit(server, name, arguments)
             except step_server.Unavailable:
                 pass  # the run's server is gone: the step runs here, as it does on Kubeflow
+            except step_server.RunInterrupted:
+                _not_started(name)
         return run_here(name, arguments)
     finally:
         progress.timing(name, startup, time.monotonic() - began)
+
+
+def _not_started(name: str) -> NoReturn:
+    print(f"tunepipe: {name}: not started: the run was interrupted", file=sys.stderr, flush=True)
+    raise SystemExit(INTERRUPTED)
 
 
 @contextlib.contextmanager

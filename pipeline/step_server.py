@@ -14,9 +14,14 @@ itself: a user error is the same one line and exit code 1.
 The server imports what every step needs when it starts (the launcher, the hooks, MLflow). It forks
 a step at once; the first step needing a heavy library (`pipeline.steps.Step.libraries`: Beam,
 TensorFlow, TFMA) imports it itself, as a task of its own would, and meanwhile the server imports it
-too, so that the next steps find it loaded. The server imports in its only thread, between forks: a
-fork never copies a half-finished import or another thread's lock. A step that ends up not needing
-its libraries (an unchanged rerun's evaluate) never waits for them. (The standard library's
+too, so that the next steps find it loaded. A step that runs names the libraries the steps after it
+will need (`Step.prepares`: after ingest, TensorFlow for the search), and the server imports them
+next, while the steps before the search run. A step asking for a library the server is importing
+waits for it rather than importing it too: the workers of a parallel search start with one import
+of TensorFlow, not three at once. The server imports in its only thread, between forks: a fork
+never copies a half-finished import or another thread's lock. A step that ends up not needing its
+libraries (an unchanged rerun's evaluate) never waits for them, and an unchanged rerun, whose
+ingest and preprocess kfp's cache answers, imports nothing ahead. (The standard library's
 forkserver preloads modules the same way, but only for the children of the process that started
 it; the tasks here are kfp.local's processes, so they reach this server by its socket.)
 
@@ -96,6 +101,10 @@ class Unavailable(Exception):
     """No server answers at the address: the task runs its step itself."""
 
 
+class RunInterrupted(Exception):
+    """The run was interrupted before the server started the step."""
+
+
 def _artifacts(arguments: dict[str, Any]) -> Iterator[tuple[str, Any]]:
     for key, value in arguments.items():
         if isinstance(value, list):
@@ -107,38 +116,63 @@ def _artifacts(arguments: dict[str, Any]) -> Iterator[tuple[str, Any]]:
 def submit(address: str, name: str, arguments: dict[str, Any]) -> Any:
     """Run step `name` in a fork of the server at `address`; its return value, with the outputs'
     metadata copied onto this task's artifacts. Exits as the step did."""
-    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        connection.connect(address)
-    except OSError as error:
-        connection.close()
-        raise Unavailable(str(error)) from None
-    with connection:
-        sys.stdout.flush()
-        sys.stderr.flush()
+    while True:
+        connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            socket.send_fds(connection, [b"fds"], [0, 1, 2])
-            _send(connection, {"step": name, "arguments": arguments, "cwd": os.getcwd(),
-                               "environ": dict(os.environ)})
-            child = _receive(connection)["pid"]
-        except (OSError, ConnectionError) as error:  # nothing ran yet: the task runs its step itself
+            connection.connect(address)
+        except OSError as error:
+            connection.close()
             raise Unavailable(str(error)) from None
-        forwarded = {number: signal.signal(number, lambda received, _frame: _forward(child, received))
-                     for number in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            reply = _receive(connection)
-        except ConnectionError:
-            print(f"tunepipe: error: {name}: the step's process ended without an answer (killed?)",
-                  file=sys.stderr, flush=True)
-            raise SystemExit(1) from None
-        finally:
-            for number, handler in forwarded.items():
-                signal.signal(number, handler)
+        with connection:
+            child = _handed_over(connection, name, arguments)
+            if child is None:
+                continue  # the server's next generation has loaded what the step needs: ask it
+            forwarded = {number: signal.signal(number, lambda received, _frame: _forward(child, received))
+                         for number in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                reply = _receive(connection)
+            except ConnectionError:
+                print(f"tunepipe: error: {name}: the step's process ended without an answer (killed?)",
+                      file=sys.stderr, flush=True)
+                raise SystemExit(1) from None
+            finally:
+                for number, handler in forwarded.items():
+                    signal.signal(number, handler)
+        break
     for key, artifact in _artifacts(arguments):
         artifact.metadata.update(reply["metadata"].get(key, {}))
     if reply["code"]:
         raise SystemExit(reply["code"])
     return _restored(reply["returns"])
+
+
+def _handed_over(connection: socket.socket, name: str, arguments: dict[str, Any]) -> int | None:
+    """Hand the task (its stdio, directory, environment) and the step's request to the server: the
+    pid of the fork running the step, or None when the server says to ask its next generation. The
+    server may hold the request while that generation imports what the step needs (seconds): a
+    SIGINT or SIGTERM meanwhile ends the task before its step started."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {number: signal.signal(number, _interrupted) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        socket.send_fds(connection, [b"fds"], [0, 1, 2])
+        _send(connection, {"step": name, "arguments": arguments, "cwd": os.getcwd(),
+                           "environ": dict(os.environ)})
+        answer = _receive(connection)
+    except (OSError, ConnectionError) as error:  # nothing ran yet: the task runs its step itself
+        raise Unavailable(str(error)) from None
+    except KeyboardInterrupt:
+        raise RunInterrupted from None
+    finally:
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+    if answer.get("interrupted"):
+        raise RunInterrupted
+    return answer.get("pid")
+
+
+def _interrupted(_number: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _forward(child: int, number: int) -> None:
@@ -156,6 +190,7 @@ def _run_child(connection: socket.socket, fds: list[int], request: dict[str, Any
     """In the fork: become the task (its stdio, directory, environment), run the step, answer.
     Whatever goes wrong here is the task's: its traceback on the task's stderr, exit code 1."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server ignores it; a step waits for its children
+    signal.set_wakeup_fd(-1)  # the server's
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as in any Python process: a broken pipe is an error
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, signal.default_int_handler)  # until the step installs its own
@@ -235,13 +270,9 @@ def _warm(libraries: tuple[str, ...], uri: str) -> None:
 
 
 def serve(address: str) -> None:
-    """The server's loop: one fork per task, until stdin closes.
-
-    What takes seconds (importing a library, opening the tracking store) never holds up the next
-    task: a fork of the server does it (the next generation) while this one goes on forking tasks;
-    when it is done, it serves from then on and this one ends."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the run and its steps to handle
+    """The server's loop: one fork per task, until stdin closes."""
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    interruption = _Interruption()  # from before the first task can connect
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address)
     listener.listen(64)
@@ -249,50 +280,178 @@ def serve(address: str) -> None:
     _load(_ALWAYS)
     from pipeline import steps
 
-    opened: set[str] = set()  # tracking URIs whose store is open
-    successor: int | None = None  # the read end of a pipe: the next generation says it is ready
-    commands = b""
-    while True:
-        waiting = [listener, sys.stdin] + ([successor] if successor is not None else [])
-        ready, _, _ = select.select(waiting, [], [])
-        libraries, uri = (), ""
-        if sys.stdin in ready:
-            received = os.read(sys.stdin.fileno(), 4096)
-            if not received:
+    _Generation(listener, steps, interruption).serve()
+
+
+# How long a request may wait for the next generation's import before its step is forked to import
+# the library itself: longer than any import takes here, short of a hang.
+_PATIENCE = 60.0
+
+
+_Held = namedtuple("_Held", "connection fds request since")  # a request waiting for the next generation
+
+
+def _answer(connection: socket.socket, fds: list[int], answer: dict[str, Any]) -> None:
+    """Answer a request without running its step: `again` (ask the next generation) or `interrupted`."""
+    with contextlib.suppress(OSError):  # a task that went away meanwhile
+        _send(connection, answer)
+    _close(connection, fds)
+
+
+class _Interruption:
+    """A SIGINT to the server: `Server.interrupt`, the run is interrupted. It wakes the server's loop."""
+
+    def __init__(self):
+        self.happened = False
+        self.wake, self._woken = -1, -1
+        self.reopen()
+        signal.signal(signal.SIGINT, self._received)
+
+    def reopen(self) -> None:
+        """A pipe of its own, for a new generation: each is woken by its own SIGINT."""
+        for fd in (self.wake, self._woken):
+            if fd >= 0:
+                os.close(fd)
+        self.wake, self._woken = os.pipe()
+        os.set_blocking(self._woken, False)
+        signal.set_wakeup_fd(self._woken)
+
+    def _received(self, _number: int, _frame: Any) -> None:
+        self.happened = True
+
+    def woken(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.read(self.wake, 64)
+
+
+class _Generation:
+    """The serving process: what it has loaded, its forks start with.
+
+    What takes seconds (importing a library, opening the tracking store) never holds up a task: a
+    fork of the server does it (the next generation) while this one goes on forking tasks; when it
+    is done, it serves from then on and this one ends. A request for a step that needs what the next
+    generation is importing waits for it (its task is told to ask again), so that the import runs
+    once, not once more in every such step: the workers of a parallel search start together.
+
+    A step that runs (kfp's cache did not answer it) names what the steps after it will import
+    (`pipeline.steps.Step.prepares`); a generation imports that after what the running steps lack.
+    A SIGINT (`Server.interrupt`: the run is interrupted) leaves the steps running to handle it and
+    answers every request from then on with `interrupted`: no step starts any more."""
+
+    def __init__(self, listener: socket.socket, steps: Any, interruption: _Interruption):
+        self._listener, self._steps, self._interruption = listener, steps, interruption
+        self._opened: set[str] = set()  # tracking URIs whose store is open
+        self._successor: int | None = None  # the read end of a pipe: the next generation says it is ready
+        self._importing: tuple[str, ...] = ()  # what the next generation imports
+        self._lacking: tuple[str, ...] = ()  # what steps forked since lack: the next generation's first
+        self._ahead: tuple[str, ...] = ()  # what the steps after those that ran will import
+        self._store = ""  # a tracking URI whose store the next generation opens
+        self._held: list[_Held] = []
+        self._commands = b""
+
+    def serve(self) -> None:
+        while True:
+            self._start_successor()
+            waiting = [self._listener, sys.stdin, self._interruption.wake] + \
+                ([] if self._successor is None else [self._successor])
+            timeout = max(0.0, min(held.since for held in self._held) + _PATIENCE - time.monotonic()) \
+                if self._held else None
+            ready, _, _ = select.select(waiting, [], [], timeout)
+            if self._interruption.wake in ready:
+                self._interruption.woken()
+            if sys.stdin in ready and not self._read_commands():
                 return
-            *lines, commands = (commands + received).split(b"\n")
-            uri = next((line[len(b"store "):].decode() for line in lines if line.startswith(b"store ")), "")
-        if successor is not None and successor in ready:
-            if os.read(successor, 16) == b"ready":
-                return  # the next generation serves now
-            os.close(successor)  # it died warming up: this one goes on serving
-            successor = None
-        if listener in ready:
-            request = _accept(listener, steps)
-            if request:
-                libraries = _missing(steps.BY_NAME[request["step"]].libraries)
-                uri = uri or request["environ"].get("MLFLOW_TRACKING_URI", "")
-        # What a step lacks it imports itself; the next generation imports it for the next steps.
-        uri = uri if uri.startswith("sqlite:") and uri not in opened else ""
-        if successor is None and (libraries or uri):
-            done, tell = os.pipe()
-            if os.fork() == 0:
-                os.close(done)
-                _warm(libraries, uri)
-                opened.update([uri] if uri else [])
-                os.write(tell, b"ready")
-                os.close(tell)
+            if self._successor in ready and self._successor_ended():
+                return
+            if self._listener in ready:
+                self._take()
+            self._release(lambda held: self._interruption.happened or time.monotonic() - held.since >= _PATIENCE)
+
+    def _read_commands(self) -> bool:
+        """Read the run's commands (`store <uri>`); False once stdin is closed."""
+        received = os.read(sys.stdin.fileno(), 4096)
+        if not received:
+            return False
+        *lines, self._commands = (self._commands + received).split(b"\n")
+        for line in lines:
+            if line.startswith(b"store "):
+                self._want_store(line[len(b"store "):].decode())
+        return True
+
+    def _want_store(self, uri: str) -> None:
+        if uri.startswith("sqlite:") and uri not in self._opened:
+            self._store = self._store or uri
+
+    def _take(self) -> None:
+        taken = _accept(self._listener, self._steps)
+        if taken is None:
+            return
+        connection, fds, request = taken
+        if self._interruption.happened:
+            _answer(connection, fds, {"interrupted": True})
+            return
+        step = self._steps.BY_NAME[request["step"]]
+        lacking = _missing(step.libraries)
+        if self._successor is not None and set(lacking) & set(self._importing):
+            self._held.append(_Held(connection, fds, request, time.monotonic()))
+        else:
+            _fork_step(self._listener, connection, fds, request)
+            self._lacking += tuple(module for module in lacking if module not in self._lacking)
+        self._ahead += tuple(module for module in _missing(step.prepares) if module not in self._ahead)
+        self._want_store(request["environ"].get("MLFLOW_TRACKING_URI", ""))
+
+    def _release(self, due: Any) -> None:
+        """Fork the held requests that are `due` (or say the run was interrupted)."""
+        for held in [held for held in self._held if due(held)]:
+            self._held.remove(held)
+            if self._interruption.happened:
+                _answer(held.connection, held.fds, {"interrupted": True})
             else:
-                os.close(tell)
-                successor = done
+                _fork_step(self._listener, held.connection, held.fds, held.request)
+
+    def _successor_ended(self) -> bool:
+        """The next generation is ready (True: it serves now, the held requests ask it again), or died
+        warming up (this one goes on serving, and forks the held requests: their steps import)."""
+        ready = os.read(self._successor, 16) == b"ready"
+        os.close(self._successor)
+        if ready:
+            for held in self._held:
+                _answer(held.connection, held.fds, {"again": True})
+            return True
+        self._successor, self._importing, self._ahead = None, (), ()
+        self._release(lambda held: True)
+        return False
+
+    def _start_successor(self) -> None:
+        if self._successor is not None:
+            return
+        self._lacking = _missing(self._lacking)
+        libraries = self._lacking or _missing(self._ahead)
+        if not libraries and not self._store:
+            return
+        ahead = self._ahead if self._lacking else ()  # for the generation after it
+        store, self._lacking, self._store = self._store, (), ""
+        done, tell = os.pipe()
+        if os.fork() == 0:  # the next generation: it imports, then serves
+            os.close(done)
+            self._interruption.reopen()
+            _warm(libraries, store)
+            self._opened.update([store] if store else [])
+            self._ahead = _missing(ahead)
+            os.write(tell, b"ready")
+            os.close(tell)
+            return
+        os.close(tell)
+        self._successor, self._importing, self._ahead = done, libraries, ahead
 
 
-def _accept(listener: socket.socket, steps: Any) -> dict[str, Any] | None:
-    """Take a task's request and fork its step; the request, or None for one that made no sense."""
+def _accept(listener: socket.socket, steps: Any) -> tuple[socket.socket, list[int], dict[str, Any]] | None:
+    """A task's connection, its stdio and its request; None when the other generation took it, or for
+    a request that made no sense."""
     try:
         connection, _ = listener.accept()
     except BlockingIOError:
-        return None  # the other generation took it
+        return None
     connection.setblocking(True)
     fds: list[int] = []
     try:
@@ -300,20 +459,25 @@ def _accept(listener: socket.socket, steps: Any) -> dict[str, Any] | None:
         request = _receive(connection)
         steps.BY_NAME[request["step"]]
     except (OSError, ConnectionError, KeyError, pickle.UnpicklingError):
-        connection.close()
-        for fd in fds:
-            os.close(fd)
+        _close(connection, fds)
         return None
+    return connection, fds, request
+
+
+def _fork_step(listener: socket.socket, connection: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
     if os.fork() == 0:
         listener.close()
         try:
             _run_child(connection, fds, request)
         finally:
             os._exit(0)
+    _close(connection, fds)
+
+
+def _close(connection: socket.socket, fds: list[int]) -> None:
     connection.close()
     for fd in fds:
         os.close(fd)
-    return request
 
 
 class Server:

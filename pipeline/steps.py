@@ -95,6 +95,9 @@ class Step:
     # The heavy libraries its work imports: the warm server of `tunepipe run` (pipeline.step_server)
     # imports them once, so that the next steps needing them start without paying the import.
     libraries: tuple[str, ...] = ()
+    # The heavy libraries the steps after it import: a step that runs (kfp's cache did not answer it)
+    # makes those after it run too, so the warm server imports these next, for them.
+    prepares: tuple[str, ...] = ()
 
     @property
     def recorded_name(self) -> str:
@@ -210,12 +213,14 @@ STEPS: tuple[Step, ...] = (
     Step("ingest", "components.ingest.step:run", "pipeline.hooks:ingest", _ingest_summary,
          sections={"data": "data", "beam": "beam"},
          outputs=(artifacts.EXAMPLES,),
-         libraries=_BEAM),
+         libraries=_BEAM,
+         prepares=_KERAS),
     Step("preprocess", "components.preprocess.step:run", "pipeline.hooks:preprocess", _preprocess_summary,
          sections={"options": "preprocess", "beam": "beam"},
          inputs=(artifacts.EXAMPLES,),
          outputs=(artifacts.TRANSFORM,),
-         libraries=_BEAM),
+         libraries=_BEAM,
+         prepares=_KERAS),
     Step("tune", "components.tune.step:run", "pipeline.hooks:tune", _tune_summary,
          sections={"options": "tuner"},
          inputs=(artifacts.EXAMPLES, artifacts.TRANSFORM),

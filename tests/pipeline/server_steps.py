@@ -16,6 +16,9 @@ STEPS = (
     steps.Step("loaded", "json:dumps", "server_steps:loaded", lambda facts: ""),
     steps.Step("failing", "json:dumps", "server_steps:failing", lambda facts: ""),
     steps.Step("sleepy", "json:dumps", "server_steps:sleepy", lambda facts: ""),
+    steps.Step("slow", "json:dumps", "server_steps:slow", lambda facts: "", libraries=("slow_library",)),
+    steps.Step("preparing", "json:dumps", "server_steps:loaded", lambda facts: "", prepares=("later_library",)),
+    steps.Step("later", "json:dumps", "server_steps:later", lambda facts: ""),
 )
 
 
@@ -29,6 +32,21 @@ def echo(context: launcher.StepContext) -> launcher.Outcome:
 def loaded(context: launcher.StepContext) -> launcher.Outcome:
     """Whether the library `echo` declares was imported before this step's work began."""
     return launcher.Outcome(returns="xml.dom.minidom" in sys.modules)
+
+
+def slow(context: launcher.StepContext) -> launcher.Outcome:
+    """Whether the library it needs was imported before its work began; then imports it."""
+    loaded = "slow_library" in sys.modules
+    with open(context.parameters["pid_file"], "w") as handle:
+        handle.write(str(os.getpid()))
+    import slow_library  # noqa: F401
+
+    return launcher.Outcome(returns=loaded)
+
+
+def later(context: launcher.StepContext) -> launcher.Outcome:
+    """Whether the library `preparing` prepares was imported before this step's work began."""
+    return launcher.Outcome(returns="later_library" in sys.modules)
 
 
 def failing(context: launcher.StepContext) -> launcher.Outcome:

@@ -25,6 +25,7 @@ from pipeline import launcher
 import server_steps
 server_steps.register()  # a task running its step itself finds it in its own registry
 out = dsl.Artifact(uri=os.path.abspath("out"))
+open("calling", "w").close()
 result = launcher.run_step(sys.argv[1], word="hello", out=out, pid_file="pid")
 returns = dict(result._asdict()) if hasattr(result, "_fields") else result
 print("RESULT " + json.dumps({"returns": returns, "type": type(result).__name__, "metadata": out.metadata,
@@ -33,7 +34,7 @@ print("RESULT " + json.dumps({"returns": returns, "type": type(result).__name__,
 
 
 @pytest.fixture
-def server(tmp_path):
+def server_process(tmp_path):
     address = str(tmp_path / "server.sock")
     process = subprocess.Popen([sys.executable, str(HERE / "server_steps.py"), address], stdin=subprocess.PIPE,
                                cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}"})
@@ -41,9 +42,14 @@ def server(tmp_path):
     while not os.path.exists(address):
         assert process.poll() is None and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    yield address
+    yield address, process
     process.stdin.close()
     process.wait(timeout=30)
+
+
+@pytest.fixture
+def server(server_process):
+    return server_process[0]
 
 
 def _task(step: str, workdir: Path, server: str | None, **popen) -> subprocess.Popen:
@@ -100,6 +106,65 @@ def test_the_server_imports_a_steps_libraries_for_the_next_steps(server, tmp_pat
 
     assert before[3]["returns"] is False
     assert after is True
+
+
+def test_a_step_that_runs_has_the_server_import_what_the_steps_after_it_will(server, tmp_path):
+    before = _finish(_task("later", tmp_path / "before", server))[3]["returns"]
+    _finish(_task("preparing", tmp_path / "preparing", server))  # prepares later_library
+    deadline, after = time.monotonic() + 60, False
+    while not after and time.monotonic() < deadline:
+        after = _finish(_task("later", tmp_path / "then", server))[3]["returns"]
+
+    assert before is False  # nothing imports it unless a step that ran asks
+    assert after is True
+
+
+def _called(workdir: Path) -> None:
+    """Wait until the task has asked for its step (its request reaches the server within ms)."""
+    deadline = time.monotonic() + 60
+    while not (workdir / "calling").exists():
+        assert time.monotonic() < deadline, "the task did not ask for its step"
+        time.sleep(0.05)
+    time.sleep(0.5)
+
+
+def test_a_step_needing_what_the_server_is_importing_waits_for_it_not_imports_it_again(server, tmp_path):
+    """Two workers of a parallel search: the first imports the library itself, as before; the
+    second, asking while the server imports it (5 s), starts once the server has it."""
+    first = _task("slow", tmp_path / "first", server)
+    _pid_when_started(tmp_path / "first")  # forked: the server's next generation imports meanwhile
+    second = _task("slow", tmp_path / "second", server)
+    first, second = _finish(first), _finish(second)
+
+    assert first[0] == 0 and second[0] == 0, (first[2], second[2])
+    assert first[3]["returns"] is False  # it imported the library itself
+    assert second[3]["returns"] is True  # it waited, and started with the library loaded
+
+
+def test_ctrl_c_while_waiting_for_the_servers_import_ends_the_task_before_its_step(server, tmp_path):
+    first = _task("slow", tmp_path / "first", server)
+    _pid_when_started(tmp_path / "first")
+    second = _task("slow", tmp_path / "second", server)
+    _called(tmp_path / "second")
+    second.send_signal(signal.SIGINT)
+    code, _, stderr, result = _finish(second)
+
+    assert code == 130
+    assert "tunepipe: slow: not started: the run was interrupted" in stderr.splitlines()
+    assert "Traceback" not in stderr and result is None and not (tmp_path / "second" / "pid").exists()
+    assert _finish(first)[0] == 0  # the step that runs is not disturbed
+
+
+def test_once_the_run_is_interrupted_the_server_starts_no_step(server_process, tmp_path):
+    """`tunepipe run` interrupted (Ctrl-C, SIGTERM) tells the server with a SIGINT: a task that
+    asks after it gets one line and exit code 130, as a task started after it does."""
+    address, process = server_process
+    process.send_signal(signal.SIGINT)
+    code, stdout, stderr, result = _finish(_task("echo", tmp_path / "task", address))
+
+    assert code == 130
+    assert "tunepipe: echo: not started: the run was interrupted" in stderr.splitlines()
+    assert "Traceback" not in stderr and result is None and "echo: to stdout" not in stdout
 
 
 def _pid_when_started(workdir: Path) -> int:

@@ -51,6 +51,33 @@ def test_the_registry_lists_the_artifacts_and_uncached_steps_the_dag_uses():
     assert steps.UNCACHED == ("resolve-source", "resolve-baseline", "push")
 
 
+def _downstream(step: steps.Step) -> list[steps.Step]:
+    """The steps that run after `step` on its outputs, directly or through others."""
+    found, frontier = [], [step]
+    while frontier:
+        producing = frontier.pop()
+        for later in steps.STEPS:
+            uses = any(producing.name in {steps.producer(name, workers).name for workers in (1, 2)
+                                          if later.runs_in(workers)} for name in later.inputs)
+            if uses and later not in found:
+                found.append(later)
+                frontier.append(later)
+    return found
+
+
+def test_what_a_step_prepares_is_what_a_step_after_it_on_its_outputs_imports():
+    """The warm server imports a step's `prepares` when it runs: a library no step after it needs
+    would be an import for nothing, and the search (in either form) is what the steps before it
+    prepare for."""
+    preparing = [step for step in steps.STEPS if step.prepares]
+    assert [step.name for step in preparing] == ["ingest", "preprocess"]
+    for step in preparing:
+        later = _downstream(step)
+        assert any(set(step.prepares) <= set(other.libraries) for other in later), step.name
+        assert {"tune", "tune-worker"} <= {other.name for other in later
+                                           if set(step.prepares) <= set(other.libraries)}
+
+
 def test_a_collected_input_is_traced_to_the_output_it_collects():
     """The merge records its list of worker results item by item; lineage and the run summary
     look each item up as the tune worker's `tuning` it is."""
