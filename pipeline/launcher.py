@@ -215,16 +215,16 @@ def run_step(name: str, **arguments: Any) -> Any:
                 return step_server.submit(server, name, arguments)
             except step_server.Unavailable:
                 pass  # the run's server is gone: the step runs here, as it does on Kubeflow
-            except step_server.RunInterrupted:
-                _not_started(name)
         return run_here(name, arguments)
+    except step_server.RunInterrupted as interrupted:
+        _not_started(name, 128 + interrupted.signal)
     finally:
         progress.timing(name, startup, time.monotonic() - began)
 
 
-def _not_started(name: str) -> NoReturn:
+def _not_started(name: str, code: int = INTERRUPTED) -> NoReturn:
     print(f"tunepipe: {name}: not started: the run was interrupted", file=sys.stderr, flush=True)
-    raise SystemExit(INTERRUPTED)
+    raise SystemExit(code)
 
 
 @contextlib.contextmanager

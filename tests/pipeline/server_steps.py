@@ -8,7 +8,7 @@ import time
 from collections import namedtuple
 
 from components.errors import DataError
-from pipeline import launcher, step_server, steps
+from pipeline import launcher, step_generations, steps
 
 STEPS = (
     steps.Step("echo", "json:dumps", "server_steps:echo", lambda facts: "", outputs=("out",),
@@ -67,7 +67,7 @@ def register() -> None:
 def serve(address: str) -> None:
     """The server, with these steps in its registry."""
     register()
-    step_server.serve(address)
+    step_generations.serve(address)
 
 
 if __name__ == "__main__":

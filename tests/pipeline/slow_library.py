@@ -1,4 +1,8 @@
-"""A library that takes seconds to import, as TensorFlow does (tests/pipeline/test_step_server.py)."""
+"""A library whose import takes as long as the test wants, as TensorFlow's takes seconds: it ends
+once the file named by $SLOW_LIBRARY_GATE exists (tests/pipeline/test_step_server.py)."""
+import os
 import time
 
-time.sleep(5)
+_gate, _deadline = os.environ.get("SLOW_LIBRARY_GATE", ""), time.monotonic() + 120
+while _gate and not os.path.exists(_gate) and time.monotonic() < _deadline:
+    time.sleep(0.02)

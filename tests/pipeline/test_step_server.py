@@ -34,7 +34,14 @@ print("RESULT " + json.dumps({"returns": returns, "type": type(result).__name__,
 
 
 @pytest.fixture
-def server_process(tmp_path):
+def gate(tmp_path, monkeypatch):
+    """Opening it ends the import of `slow_library`, in the server and in the steps alike."""
+    monkeypatch.setenv("SLOW_LIBRARY_GATE", str(tmp_path / "gate"))
+    return tmp_path / "gate"
+
+
+@pytest.fixture
+def server_process(tmp_path, gate):
     address = str(tmp_path / "server.sock")
     process = subprocess.Popen([sys.executable, str(HERE / "server_steps.py"), address], stdin=subprocess.PIPE,
                                cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}"})
@@ -128,12 +135,21 @@ def _called(workdir: Path) -> None:
     time.sleep(0.5)
 
 
-def test_a_step_needing_what_the_server_is_importing_waits_for_it_not_imports_it_again(server, tmp_path):
-    """Two workers of a parallel search: the first imports the library itself, as before; the
-    second, asking while the server imports it (5 s), starts once the server has it."""
+def _second_waiting(server: str, tmp_path: Path) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """Two tasks of the step `slow`: the first forked (it and the server's next generation import
+    `slow_library`, until the gate opens), the second's request in while they do."""
     first = _task("slow", tmp_path / "first", server)
-    _pid_when_started(tmp_path / "first")  # forked: the server's next generation imports meanwhile
+    _pid_when_started(tmp_path / "first")
     second = _task("slow", tmp_path / "second", server)
+    _called(tmp_path / "second")
+    return first, second
+
+
+def test_a_step_needing_what_the_server_is_importing_waits_for_it_not_imports_it_again(server, gate, tmp_path):
+    """Two workers of a parallel search: the first imports the library itself, as before; the
+    second, asking while the server imports it, starts once the server has it."""
+    first, second = _second_waiting(server, tmp_path)
+    gate.touch()
     first, second = _finish(first), _finish(second)
 
     assert first[0] == 0 and second[0] == 0, (first[2], second[2])
@@ -141,18 +157,32 @@ def test_a_step_needing_what_the_server_is_importing_waits_for_it_not_imports_it
     assert second[3]["returns"] is True  # it waited, and started with the library loaded
 
 
-def test_ctrl_c_while_waiting_for_the_servers_import_ends_the_task_before_its_step(server, tmp_path):
-    first = _task("slow", tmp_path / "first", server)
-    _pid_when_started(tmp_path / "first")
-    second = _task("slow", tmp_path / "second", server)
-    _called(tmp_path / "second")
-    second.send_signal(signal.SIGINT)
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_waiting_for_the_servers_import_ends_the_task_before_its_step(server, gate, tmp_path,
+                                                                                      number):
+    first, second = _second_waiting(server, tmp_path)
+    second.send_signal(number)
     code, _, stderr, result = _finish(second)
+    gate.touch()
 
-    assert code == 130
+    assert code == 128 + number
     assert "tunepipe: slow: not started: the run was interrupted" in stderr.splitlines()
     assert "Traceback" not in stderr and result is None and not (tmp_path / "second" / "pid").exists()
     assert _finish(first)[0] == 0  # the step that runs is not disturbed
+
+
+def test_the_run_interrupted_while_a_step_waits_for_an_import_ends_that_step_before_it_starts(server_process, gate,
+                                                                                              tmp_path):
+    address, process = server_process
+    first, second = _second_waiting(address, tmp_path)
+    process.send_signal(signal.SIGINT)  # `Server.interrupt`; the steps running get theirs from the group
+    code, _, stderr, result = _finish(second)
+    gate.touch()
+
+    assert code == 130
+    assert "tunepipe: slow: not started: the run was interrupted" in stderr.splitlines()
+    assert "Traceback" not in stderr and result is None
+    assert _finish(first)[0] == 0
 
 
 def test_once_the_run_is_interrupted_the_server_starts_no_step(server_process, tmp_path):

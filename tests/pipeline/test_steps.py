@@ -73,7 +73,6 @@ def test_what_a_step_prepares_is_what_a_step_after_it_on_its_outputs_imports():
     assert [step.name for step in preparing] == ["ingest", "preprocess"]
     for step in preparing:
         later = _downstream(step)
-        assert any(set(step.prepares) <= set(other.libraries) for other in later), step.name
         assert {"tune", "tune-worker"} <= {other.name for other in later
                                            if set(step.prepares) <= set(other.libraries)}
 
