@@ -29,7 +29,6 @@ import threading
 import time
 import traceback
 from collections import namedtuple
-from collections.abc import Callable
 from typing import Any
 
 from pipeline.step_server import portable, receive_message, send_message, task_artifacts
@@ -41,6 +40,7 @@ _ALWAYS = ("pipeline.launcher", "pipeline.hooks", "pipeline.tracking", "mlflow")
 _PATIENCE = 60.0
 
 _Held = namedtuple("_Held", "connection fds request")  # a request waiting for the next generation
+_INTERRUPTED = {"interrupted": True}  # the answer once the run is interrupted: no step starts
 
 
 def serve(address: str) -> None:
@@ -111,20 +111,22 @@ class _Generation:
             if self._interruption.readable in ready:
                 self._interruption.drain()
             if sys.stdin in ready and not self._read_commands():
-                self._release(lambda held: True, {"interrupted": True})  # the run is over
+                self._answer_held(_INTERRUPTED)  # the run is over
                 return
             if self._successor is not None and self._successor in ready and self._successor_ended():
                 return
             # A task sends nothing after its request: a held connection that reads is a task gone
             # (a signal ended it), whose stdio kfp.local reads until the last copy is closed.
-            self._release(lambda held: held.connection in ready, {})
+            for held in [held for held in self._held if held.connection in ready]:
+                self._held.remove(held)
+                _close(held.connection, held.fds)
             if self._listener in ready:
                 self._take()
             if self._interruption.happened:
-                self._release(lambda held: True, {"interrupted": True})
+                self._answer_held(_INTERRUPTED)
             elif self._held and time.monotonic() - self._since >= _PATIENCE:
                 self._importing, self._ahead = (), ()  # hung: nothing waits for it any more
-                self._release(lambda held: True)
+                self._fork_held()
 
     def _read_commands(self) -> bool:
         """Read the run's commands (`store <uri>`); False once stdin is closed."""
@@ -147,7 +149,7 @@ class _Generation:
             return
         connection, fds, request = taken
         if self._interruption.happened:
-            _answer(connection, fds, {"interrupted": True})
+            _answer(connection, fds, _INTERRUPTED)
             return
         step = self._steps.BY_NAME[request["step"]]
         lacking = _missing(step.libraries)
@@ -159,29 +161,35 @@ class _Generation:
         self._ahead += tuple(module for module in _missing(step.prepares) if module not in self._ahead)
         self._want_store(request["environ"].get("MLFLOW_TRACKING_URI", ""))
 
-    def _release(self, due: Callable[[_Held], bool], answer: dict[str, Any] | None = None) -> None:
-        """Fork the held requests that are `due`, or give them `answer` instead (none: `{}`)."""
-        for held in [held for held in self._held if due(held)]:
-            self._held.remove(held)
-            if answer is None:
-                self._fork_step(*held)
-            elif answer:
-                _answer(*held[:2], answer)
-            else:
-                _close(*held[:2])
+    def _fork_held(self) -> None:
+        while self._held:
+            self._fork_step(*self._held.pop(0))
+
+    def _answer_held(self, answer: dict[str, Any]) -> None:
+        while self._held:
+            held = self._held.pop(0)
+            _answer(held.connection, held.fds, answer)
 
     def _fork_step(self, connection: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
         if os.fork() == 0:
+            # A signal from now on is the step's alone (`_run_child` handles it), unless the run was
+            # interrupted before the step could see it.
+            for number in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(number, signal.default_int_handler)
+            signal.set_wakeup_fd(-1)
+            interrupted = self._interruption.happened
             # The step keeps its own task's connection and stdio, none of the server's.
             self._listener.close()
             self._interruption.close()
             if self._successor is not None:
                 self._successor.close()
             for held in self._held:
-                if held.connection is not connection:
-                    _close(*held[:2])
+                _close(held.connection, held.fds)
             try:
-                _run_child(connection, fds, request)
+                if interrupted:
+                    _answer(connection, fds, _INTERRUPTED)
+                else:
+                    _run_child(connection, fds, request)
             finally:
                 os._exit(0)
         _close(connection, fds)
@@ -194,16 +202,17 @@ class _Generation:
             ready = self._successor.recv(16) == b"ready"
             if ready:
                 send_message(self._successor, {"lacking": self._lacking, "ahead": self._ahead,
-                                               "store": self._store, "commands": self._commands})
+                                               "store": self._store, "commands": self._commands,
+                                               "interrupted": self._interruption.happened})
         except OSError:
             ready = False
         self._successor.close()
         self._successor = None
         if ready:
-            self._release(lambda held: True, {"again": True})
+            self._answer_held(_INTERRUPTED if self._interruption.happened else {"again": True})
             return True
         self._importing, self._ahead = (), ()
-        self._release(lambda held: True)
+        self._fork_held()
         return False
 
     def _start_successor(self) -> None:
@@ -221,11 +230,13 @@ class _Generation:
             self._interruption.reopen()
             _warm(libraries, store)
             self._opened.update([store] if store else [])
-            handed = {"lacking": (), "ahead": (), "store": "", "commands": b""}
+            handed = {"lacking": (), "ahead": (), "store": "", "commands": b"", "interrupted": False}
             with there, contextlib.suppress(OSError, ConnectionError):
                 there.sendall(b"ready")
                 handed = receive_message(there)  # what the last generation had still to do
-            self._lacking, self._store, self._commands = handed["lacking"], handed["store"], handed["commands"]
+            self._lacking, self._commands = handed["lacking"], handed["commands"]
+            self._want_store(handed["store"])
+            self._interruption.happened |= handed["interrupted"]
             self._ahead = _missing(ahead + tuple(module for module in handed["ahead"] if module not in ahead))
             self._start_successor()  # what is left to import, before this generation takes a request
             return
@@ -269,7 +280,6 @@ def _run_child(connection: socket.socket, fds: list[int], request: dict[str, Any
     """In the fork: become the task (its stdio, directory, environment), run the step, answer.
     Whatever goes wrong here is the task's: its traceback on the task's stderr, exit code 1."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server ignores it; a step waits for its children
-    signal.set_wakeup_fd(-1)  # the server's loop is woken by it, the step is not
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as in any Python process: a broken pipe is an error
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, signal.default_int_handler)  # until the step installs its own

@@ -16,8 +16,8 @@ a step at once; the first step needing a heavy library (`pipeline.steps.Step.lib
 TensorFlow, TFMA) imports it itself, as a task of its own would, and meanwhile the server imports it
 too, so that the next steps find it loaded. A step that runs names what the steps after it will
 import (`Step.prepares`: ingest and preprocess, TensorFlow for the search), which the server imports
-next; a step asking for a library the server is importing waits for that import instead of running
-its own beside it. An unchanged rerun, whose ingest and preprocess kfp's cache answers, imports
+next; a step asking for a library the server is importing (or about to) waits for that import,
+not running its own beside it. An unchanged rerun, whose ingest and preprocess kfp's cache answers, imports
 nothing ahead, and its evaluate, which ends up not needing TFMA, does not wait for it. The server
 imports in its only thread, between forks: a fork never copies a half-finished import or another
 thread's lock. How it does all that is `pipeline.step_generations`; this module is the tasks' side.
@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import shutil
 import signal
 import socket
@@ -117,12 +118,15 @@ def submit(address: str, name: str, arguments: dict[str, Any]) -> Any:
     metadata copied onto this task's artifacts. Exits as the step did. The server may hold the
     request while its next generation imports what the step needs (seconds): a SIGINT or SIGTERM
     meanwhile ends the task before its step started (`RunInterrupted`); once the step runs, the
-    first one is passed on to it."""
+    first one is passed on to it. Until the step's pid is known the two signals are blocked and
+    looked for while waiting, so that none lands between the step starting and the task knowing it."""
     signals = _Signals()
-    saved = {number: signal.signal(number, signals.received) for number in (signal.SIGINT, signal.SIGTERM)}
+    saved = {number: signal.signal(number, signals.received) for number in _STOPPING}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
     try:
         reply = _run_in_server(address, name, arguments, signals)
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for number, handler in saved.items():
             signal.signal(number, handler)
     for key, artifact in task_artifacts(arguments):
@@ -132,6 +136,7 @@ def submit(address: str, name: str, arguments: dict[str, Any]) -> Any:
     return _restored(reply["returns"])
 
 
+_STOPPING = {signal.SIGINT, signal.SIGTERM}
 # How many times a task asks again (each time, a generation of the server has handed over to the next).
 _ASKS = 32
 
@@ -148,6 +153,7 @@ def _run_in_server(address: str, name: str, arguments: dict[str, Any], signals: 
             signals.child = _handed_over(connection, name, arguments, signals)
             if signals.child is None:
                 continue  # the server's next generation has loaded what the step needs: ask it
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPPING)  # a signal pending now goes to the step
             try:
                 return receive_message(connection)
             except ConnectionError:
@@ -165,12 +171,15 @@ def _handed_over(connection: socket.socket, name: str, arguments: dict[str, Any]
     try:
         socket.send_fds(connection, [b"fds"], [0, 1, 2])
         send_message(connection, {"step": name, "arguments": arguments, "cwd": os.getcwd(),
-                           "environ": dict(os.environ)})
+                                  "environ": dict(os.environ)})
+        while not select.select([connection], [], [], 0.1)[0]:
+            if signals.first is not None:  # taken by another thread of the task
+                raise RunInterrupted(signals.first)
+            if signal.sigpending() & _STOPPING:
+                raise RunInterrupted(signal.sigtimedwait(_STOPPING, 0).si_signo)
         answer = receive_message(connection)
     except (OSError, ConnectionError) as error:  # nothing ran yet: the task runs its step itself
         raise Unavailable(str(error)) from None
-    except KeyboardInterrupt:
-        raise RunInterrupted(signals.first or signal.SIGINT) from None
     if "pid" in answer:
         return answer["pid"]
     if answer.get("interrupted"):
@@ -181,9 +190,8 @@ def _handed_over(connection: socket.socket, name: str, arguments: dict[str, Any]
 
 
 class _Signals:
-    """SIGINT and SIGTERM in a task that hands its step to the server: before the step runs, they end
-    the task (KeyboardInterrupt); once it runs, the first is passed on to the step, which decides how
-    to end, and the task waits for its answer."""
+    """SIGINT and SIGTERM in a task whose step runs in the server: the first is passed on to the
+    step, which decides how to end, and the task waits for its answer."""
 
     def __init__(self):
         self.child: int | None = None
@@ -193,10 +201,9 @@ class _Signals:
         if self.first is not None:
             return
         self.first = number
-        if self.child is None:
-            raise KeyboardInterrupt
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.child, number)
+        if self.child is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child, number)
 
 
 class Server:

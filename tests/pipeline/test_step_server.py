@@ -70,8 +70,8 @@ def _task(step: str, workdir: Path, server: str | None, **popen) -> subprocess.P
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
-def _finish(task: subprocess.Popen) -> tuple[int, str, str, dict | None]:
-    stdout, stderr = task.communicate(timeout=120)
+def _finish(task: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str, dict | None]:
+    stdout, stderr = task.communicate(timeout=timeout)
     results = [json.loads(line[len("RESULT "):]) for line in stdout.splitlines() if line.startswith("RESULT ")]
     lines = "\n".join(line for line in stdout.splitlines() if not line.startswith(("RESULT ", "tunepipe: timing:")))
     return task.returncode, lines, stderr, results[0] if results else None
@@ -162,7 +162,9 @@ def test_a_signal_while_waiting_for_the_servers_import_ends_the_task_before_its_
                                                                                       number):
     first, second = _second_waiting(server, tmp_path)
     second.send_signal(number)
-    code, _, stderr, result = _finish(second)
+    # At once: the server lets go of the stdio of a task gone (kfp.local reads it to its end), long
+    # before the import or the server's patience would end.
+    code, _, stderr, result = _finish(second, timeout=15)
     gate.touch()
 
     assert code == 128 + number
@@ -182,6 +184,23 @@ def test_the_run_interrupted_while_a_step_waits_for_an_import_ends_that_step_bef
     assert code == 130
     assert "tunepipe: slow: not started: the run was interrupted" in stderr.splitlines()
     assert "Traceback" not in stderr and result is None
+    assert _finish(first)[0] == 0
+    # The generation that imported meanwhile serves now, and knows the run was interrupted.
+    assert _finish(_task("echo", tmp_path / "after", address))[0] == 130
+
+
+def test_what_the_server_learns_while_it_imports_is_not_lost_when_the_import_is_done(server, gate, tmp_path):
+    """A step that runs while the server's next generation imports (preprocess while Beam loads)
+    still has the server import what it prepares."""
+    first = _task("slow", tmp_path / "first", server)
+    _pid_when_started(tmp_path / "first")
+    assert _finish(_task("preparing", tmp_path / "preparing", server))[0] == 0
+    gate.touch()
+    deadline, after = time.monotonic() + 60, False
+    while not after and time.monotonic() < deadline:
+        after = _finish(_task("later", tmp_path / "later", server))[3]["returns"]
+
+    assert after is True
     assert _finish(first)[0] == 0
 
 
