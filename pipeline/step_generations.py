@@ -31,7 +31,8 @@ import traceback
 from collections import namedtuple
 from typing import Any
 
-from pipeline.step_server import portable, receive_message, send_message, task_artifacts
+from pipeline import step_messages as messages
+from pipeline.step_messages import Answer, Reply, Request
 
 # What the server imports before it serves anything: the code every step runs.
 _ALWAYS = ("pipeline.launcher", "pipeline.hooks", "pipeline.tracking", "mlflow")
@@ -40,7 +41,7 @@ _ALWAYS = ("pipeline.launcher", "pipeline.hooks", "pipeline.tracking", "mlflow")
 _PATIENCE = 60.0
 
 _Held = namedtuple("_Held", "connection fds request")  # a request waiting for the next generation
-_INTERRUPTED = {"interrupted": True}  # the answer once the run is interrupted: no step starts
+_INTERRUPTED = Answer(interrupted=True)  # once the run is interrupted: no step starts
 
 
 def serve(address: str) -> None:
@@ -151,7 +152,7 @@ class _Generation:
         if self._interruption.happened:
             _answer(connection, fds, _INTERRUPTED)
             return
-        step = self._steps.BY_NAME[request["step"]]
+        step = self._steps.BY_NAME[request.step]
         lacking = _missing(step.libraries)
         if self._successor is not None and set(lacking) & set(self._importing + self._ahead):
             self._held.append(_Held(connection, fds, request))
@@ -159,18 +160,18 @@ class _Generation:
             self._fork_step(connection, fds, request)
             self._lacking += tuple(module for module in lacking if module not in self._lacking)
         self._ahead += tuple(module for module in _missing(step.prepares) if module not in self._ahead)
-        self._want_store(request["environ"].get("MLFLOW_TRACKING_URI", ""))
+        self._want_store(request.environ.get("MLFLOW_TRACKING_URI", ""))
 
     def _fork_held(self) -> None:
         while self._held:
             self._fork_step(*self._held.pop(0))
 
-    def _answer_held(self, answer: dict[str, Any]) -> None:
+    def _answer_held(self, answer: Answer) -> None:
         while self._held:
             held = self._held.pop(0)
             _answer(held.connection, held.fds, answer)
 
-    def _fork_step(self, connection: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+    def _fork_step(self, connection: socket.socket, fds: list[int], request: Request) -> None:
         if os.fork() == 0:
             # A signal from now on is the step's alone (`_run_child` handles it), unless the run was
             # interrupted before the step could see it.
@@ -201,7 +202,7 @@ class _Generation:
         try:
             ready = self._successor.recv(16) == b"ready"
             if ready:
-                send_message(self._successor, {"lacking": self._lacking, "ahead": self._ahead,
+                messages.send(self._successor, {"lacking": self._lacking, "ahead": self._ahead,
                                                "store": self._store, "commands": self._commands,
                                                "interrupted": self._interruption.happened})
         except OSError:
@@ -209,7 +210,7 @@ class _Generation:
         self._successor.close()
         self._successor = None
         if ready:
-            self._answer_held(_INTERRUPTED if self._interruption.happened else {"again": True})
+            self._answer_held(_INTERRUPTED if self._interruption.happened else Answer(again=True))
             return True
         self._importing, self._ahead = (), ()
         self._fork_held()
@@ -233,7 +234,7 @@ class _Generation:
             handed = {"lacking": (), "ahead": (), "store": "", "commands": b"", "interrupted": False}
             with there, contextlib.suppress(OSError, ConnectionError):
                 there.sendall(b"ready")
-                handed = receive_message(there)  # what the last generation had still to do
+                handed = messages.receive(there)  # what the last generation had still to do
             self._lacking, self._commands = handed["lacking"], handed["commands"]
             self._want_store(handed["store"])
             self._interruption.happened |= handed["interrupted"]
@@ -244,7 +245,7 @@ class _Generation:
         self._successor, self._importing, self._since, self._ahead = here, libraries, time.monotonic(), ahead
 
 
-def _accept(listener: socket.socket, steps: Any) -> tuple[socket.socket, list[int], dict[str, Any]] | None:
+def _accept(listener: socket.socket, steps: Any) -> tuple[socket.socket, list[int], Request] | None:
     """A task's connection, its stdio and its request; None when the other generation took it, or for
     a request that made no sense."""
     try:
@@ -254,19 +255,19 @@ def _accept(listener: socket.socket, steps: Any) -> tuple[socket.socket, list[in
     connection.setblocking(True)
     fds: list[int] = []
     try:
-        _, fds, _, _ = socket.recv_fds(connection, 16, 3)
-        request = receive_message(connection)
-        steps.BY_NAME[request["step"]]
-    except (OSError, ConnectionError, KeyError, pickle.UnpicklingError):
+        _, fds, _, _ = socket.recv_fds(connection, 16, len(messages.STDIO))
+        request = messages.receive(connection)
+        steps.BY_NAME[request.step]
+    except (OSError, ConnectionError, KeyError, AttributeError, pickle.UnpicklingError):
         _close(connection, fds)
         return None
     return connection, fds, request
 
 
-def _answer(connection: socket.socket, fds: list[int], answer: dict[str, Any]) -> None:
+def _answer(connection: socket.socket, fds: list[int], answer: Answer) -> None:
     """Answer a request without running its step: `again` (ask the next generation) or `interrupted`."""
     with contextlib.suppress(OSError):  # a task that went away meanwhile
-        send_message(connection, answer)
+        messages.send(connection, answer)
     _close(connection, fds)
 
 
@@ -276,7 +277,7 @@ def _close(connection: socket.socket, fds: list[int]) -> None:
         os.close(fd)
 
 
-def _run_child(connection: socket.socket, fds: list[int], request: dict[str, Any]) -> None:
+def _run_child(connection: socket.socket, fds: list[int], request: Request) -> None:
     """In the fork: become the task (its stdio, directory, environment), run the step, answer.
     Whatever goes wrong here is the task's: its traceback on the task's stderr, exit code 1."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server ignores it; a step waits for its children
@@ -285,30 +286,30 @@ def _run_child(connection: socket.socket, fds: list[int], request: dict[str, Any
         signal.signal(number, signal.default_int_handler)  # until the step installs its own
     from pipeline import launcher
 
-    arguments, code, returns, metadata = request["arguments"], 1, None, {}
+    arguments, code, returns, metadata = request.arguments, 1, None, {}
     try:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
         sys.stdout.reconfigure(line_buffering=True)  # progress lines reach the terminal as they come
-        os.chdir(request["cwd"])
+        os.chdir(request.cwd)
         os.environ.clear()
-        os.environ.update(request["environ"])
-        send_message(connection, {"pid": os.getpid()})
+        os.environ.update(request.environ)
+        messages.send(connection, Answer(pid=os.getpid()))
         threading.Thread(target=_die_with_task, args=(connection,), daemon=True).start()
         try:
-            returns, code = launcher.run_here(request["step"], arguments), 0
+            returns, code = launcher.run_here(request.step, arguments), 0
         except SystemExit as exit_:
             code = _exit_code(exit_)
-        metadata = {key: dict(artifact.metadata) for key, artifact in task_artifacts(arguments)}
-        reply = {"code": code, "returns": portable(returns), "metadata": metadata}
+        metadata = {key: dict(artifact.metadata) for key, artifact in messages.task_artifacts(arguments)}
+        reply = Reply(code, messages.portable(returns), metadata)
         pickle.dumps(reply)  # a return value that cannot travel is the step's error, said here
     except BaseException:  # a bug: its traceback, as the task's own process would print it
         traceback.print_exc()
-        reply = {"code": 1, "returns": None, "metadata": {}}
+        reply = Reply(1, None, {})
     sys.stdout.flush()
     sys.stderr.flush()
-    send_message(connection, reply)
+    messages.send(connection, reply)
 
 
 def _exit_code(exit_: SystemExit) -> int:

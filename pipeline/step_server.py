@@ -34,63 +34,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import select
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from pipeline import step_messages as messages
+
 ENV = "TUNEPIPE_STEP_SERVER"
-_HEADER = struct.Struct("!Q")
 
-
-# --- messages: length-prefixed pickles over the Unix socket -----------------------------------------
-
-def send_message(connection: socket.socket, message: Any) -> None:
-    data = pickle.dumps(message)
-    connection.sendall(_HEADER.pack(len(data)) + data)
-
-
-def _receive_exactly(connection: socket.socket, size: int) -> bytes:
-    chunks, left = [], size
-    while left:
-        chunk = connection.recv(min(left, 1 << 20))
-        if not chunk:
-            raise ConnectionError("the step server's connection closed")
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def receive_message(connection: socket.socket) -> Any:
-    (size,) = _HEADER.unpack(_receive_exactly(connection, _HEADER.size))
-    return pickle.loads(_receive_exactly(connection, size))
-
-
-def portable(value: Any) -> Any:
-    """A step's return value as it can be pickled: a namedtuple made on the fly (resolve-source's
-    outputs) travels as its name, fields and values."""
-    if isinstance(value, tuple) and hasattr(value, "_fields"):
-        return ("__namedtuple__", type(value).__name__, tuple(value._fields), tuple(value))
-    return value
-
-
-def _restored(value: Any) -> Any:
-    if isinstance(value, tuple) and len(value) == 4 and value[0] == "__namedtuple__":
-        return namedtuple(value[1], value[2])(*value[3])
-    return value
-
-
-# --- the task's side ------------------------------------------------------------------------------
 
 class Unavailable(Exception):
     """No server answers at the address: the task runs its step itself."""
@@ -103,14 +62,6 @@ class RunInterrupted(Exception):
     def __init__(self, number: int):
         super().__init__(signal.Signals(number).name)
         self.signal = number
-
-
-def task_artifacts(arguments: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    for key, value in arguments.items():
-        if isinstance(value, list):
-            yield from ((f"{key}.{index}", item) for index, item in enumerate(value) if hasattr(item, "metadata"))
-        elif hasattr(value, "metadata") and hasattr(value, "uri"):
-            yield key, value
 
 
 def submit(address: str, name: str, arguments: dict[str, Any]) -> Any:
@@ -129,11 +80,11 @@ def submit(address: str, name: str, arguments: dict[str, Any]) -> Any:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for number, handler in saved.items():
             signal.signal(number, handler)
-    for key, artifact in task_artifacts(arguments):
-        artifact.metadata.update(reply["metadata"].get(key, {}))
-    if reply["code"]:
-        raise SystemExit(reply["code"])
-    return _restored(reply["returns"])
+    for key, artifact in messages.task_artifacts(arguments):
+        artifact.metadata.update(reply.metadata.get(key, {}))
+    if reply.code:
+        raise SystemExit(reply.code)
+    return messages.restored(reply.returns)
 
 
 _STOPPING = {signal.SIGINT, signal.SIGTERM}
@@ -141,7 +92,7 @@ _STOPPING = {signal.SIGINT, signal.SIGTERM}
 _ASKS = 32
 
 
-def _run_in_server(address: str, name: str, arguments: dict[str, Any], signals: _Signals) -> dict[str, Any]:
+def _run_in_server(address: str, name: str, arguments: dict[str, Any], signals: _Signals) -> messages.Reply:
     for _ in range(_ASKS):
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -155,7 +106,7 @@ def _run_in_server(address: str, name: str, arguments: dict[str, Any], signals: 
                 continue  # the server's next generation has loaded what the step needs: ask it
             signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPPING)  # a signal pending now goes to the step
             try:
-                return receive_message(connection)
+                return messages.receive(connection)
             except ConnectionError:
                 print(f"tunepipe: error: {name}: the step's process ended without an answer (killed?)",
                       file=sys.stderr, flush=True)
@@ -169,24 +120,21 @@ def _handed_over(connection: socket.socket, name: str, arguments: dict[str, Any]
     sys.stdout.flush()
     sys.stderr.flush()
     try:
-        socket.send_fds(connection, [b"fds"], [0, 1, 2])
-        send_message(connection, {"step": name, "arguments": arguments, "cwd": os.getcwd(),
-                                  "environ": dict(os.environ)})
+        socket.send_fds(connection, [messages.STDIO_MARKER], list(messages.STDIO))
+        messages.send(connection, messages.Request(name, arguments, os.getcwd(), dict(os.environ)))
         while not select.select([connection], [], [], 0.1)[0]:
             if signals.first is not None:  # taken by another thread of the task
                 raise RunInterrupted(signals.first)
             if signal.sigpending() & _STOPPING:
                 raise RunInterrupted(signal.sigtimedwait(_STOPPING, 0).si_signo)
-        answer = receive_message(connection)
+        answer = messages.receive(connection)
     except (OSError, ConnectionError) as error:  # nothing ran yet: the task runs its step itself
         raise Unavailable(str(error)) from None
-    if "pid" in answer:
-        return answer["pid"]
-    if answer.get("interrupted"):
+    if not isinstance(answer, messages.Answer):
+        raise Unavailable(f"the server answered {answer!r}")
+    if answer.interrupted:
         raise RunInterrupted(signal.SIGINT)
-    if answer.get("again"):
-        return None
-    raise Unavailable(f"the server answered {sorted(answer)}")
+    return answer.pid  # None: ask again
 
 
 class _Signals:
