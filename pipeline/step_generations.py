@@ -32,7 +32,6 @@ from collections import namedtuple
 from typing import Any
 
 from pipeline import step_messages as messages
-from pipeline.step_messages import Answer, Reply, Request
 
 # What the server imports before it serves anything: the code every step runs.
 _ALWAYS = ("pipeline.launcher", "pipeline.hooks", "pipeline.tracking", "mlflow")
@@ -41,7 +40,7 @@ _ALWAYS = ("pipeline.launcher", "pipeline.hooks", "pipeline.tracking", "mlflow")
 _PATIENCE = 60.0
 
 _Held = namedtuple("_Held", "connection fds request")  # a request waiting for the next generation
-_INTERRUPTED = Answer(interrupted=True)  # once the run is interrupted: no step starts
+_INTERRUPTED = messages.Answer(interrupted=True)  # once the run is interrupted: no step starts
 
 
 def serve(address: str) -> None:
@@ -166,17 +165,17 @@ class _Generation:
         while self._held:
             self._fork_step(*self._held.pop(0))
 
-    def _answer_held(self, answer: Answer) -> None:
+    def _answer_held(self, answer: messages.Answer) -> None:
         while self._held:
             held = self._held.pop(0)
             _answer(held.connection, held.fds, answer)
 
-    def _fork_step(self, connection: socket.socket, fds: list[int], request: Request) -> None:
+    def _fork_step(self, connection: socket.socket, fds: list[int], request: messages.Request) -> None:
         if os.fork() == 0:
             # A signal from now on is the step's alone (`_run_child` handles it), unless the run was
             # interrupted before the step could see it.
             for number in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(number, signal.default_int_handler)
+                signal.signal(number, signal.default_int_handler)  # until the step installs its own
             signal.set_wakeup_fd(-1)
             interrupted = self._interruption.happened
             # The step keeps its own task's connection and stdio, none of the server's.
@@ -210,7 +209,7 @@ class _Generation:
         self._successor.close()
         self._successor = None
         if ready:
-            self._answer_held(_INTERRUPTED if self._interruption.happened else Answer(again=True))
+            self._answer_held(_INTERRUPTED if self._interruption.happened else messages.Answer(again=True))
             return True
         self._importing, self._ahead = (), ()
         self._fork_held()
@@ -245,7 +244,7 @@ class _Generation:
         self._successor, self._importing, self._since, self._ahead = here, libraries, time.monotonic(), ahead
 
 
-def _accept(listener: socket.socket, steps: Any) -> tuple[socket.socket, list[int], Request] | None:
+def _accept(listener: socket.socket, steps: Any) -> tuple[socket.socket, list[int], messages.Request] | None:
     """A task's connection, its stdio and its request; None when the other generation took it, or for
     a request that made no sense."""
     try:
@@ -264,7 +263,7 @@ def _accept(listener: socket.socket, steps: Any) -> tuple[socket.socket, list[in
     return connection, fds, request
 
 
-def _answer(connection: socket.socket, fds: list[int], answer: Answer) -> None:
+def _answer(connection: socket.socket, fds: list[int], answer: messages.Answer) -> None:
     """Answer a request without running its step: `again` (ask the next generation) or `interrupted`."""
     with contextlib.suppress(OSError):  # a task that went away meanwhile
         messages.send(connection, answer)
@@ -277,13 +276,11 @@ def _close(connection: socket.socket, fds: list[int]) -> None:
         os.close(fd)
 
 
-def _run_child(connection: socket.socket, fds: list[int], request: Request) -> None:
+def _run_child(connection: socket.socket, fds: list[int], request: messages.Request) -> None:
     """In the fork: become the task (its stdio, directory, environment), run the step, answer.
     Whatever goes wrong here is the task's: its traceback on the task's stderr, exit code 1."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server ignores it; a step waits for its children
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # as in any Python process: a broken pipe is an error
-    for number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(number, signal.default_int_handler)  # until the step installs its own
     from pipeline import launcher
 
     arguments, code, returns, metadata = request.arguments, 1, None, {}
@@ -295,18 +292,18 @@ def _run_child(connection: socket.socket, fds: list[int], request: Request) -> N
         os.chdir(request.cwd)
         os.environ.clear()
         os.environ.update(request.environ)
-        messages.send(connection, Answer(pid=os.getpid()))
+        messages.send(connection, messages.Answer(pid=os.getpid()))
         threading.Thread(target=_die_with_task, args=(connection,), daemon=True).start()
         try:
             returns, code = launcher.run_here(request.step, arguments), 0
         except SystemExit as exit_:
             code = _exit_code(exit_)
         metadata = {key: dict(artifact.metadata) for key, artifact in messages.task_artifacts(arguments)}
-        reply = Reply(code, messages.portable(returns), metadata)
+        reply = messages.Reply(code, messages.portable(returns), metadata)
         pickle.dumps(reply)  # a return value that cannot travel is the step's error, said here
     except BaseException:  # a bug: its traceback, as the task's own process would print it
         traceback.print_exc()
-        reply = Reply(1, None, {})
+        reply = messages.Reply(1, None, {})
     sys.stdout.flush()
     sys.stderr.flush()
     messages.send(connection, reply)
